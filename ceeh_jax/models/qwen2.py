@@ -1,0 +1,353 @@
+"""Qwen2 / Qwen2.5 decoder in Flax Linen, with a KV-cache decode path.
+
+Shape legend:
+  B batch            T query length       S key / cache length     L layers
+  D model dim        F mlp dim            V vocab                  C decode chunk
+  N query heads      K kv heads           G query heads per kv head (N // K)
+  H head dim         R LoRA rank
+
+Param tree (layers stacked on a leading L axis by `nn.scan`; `hf_io.py` maps it to HF names):
+  embedding                 [V, D]
+  layers/pre_attn_norm/scale [L, D]      layers/pre_mlp_norm/scale [L, D]
+  layers/attn/q/{kernel [L, D, N, H], bias [L, N, H]}
+  layers/attn/{k,v}/{kernel [L, D, K, H], bias [L, K, H]}
+  layers/attn/o/kernel      [L, N, H, D]
+  layers/mlp/{gate,up}/kernel [L, D, F]  layers/mlp/down/kernel [L, F, D]
+  final_norm/scale          [D]
+  lm_head                   [D, V]       (absent when embeddings are tied)
+  .../lora_a [L, in, R], .../lora_b [L, R, out]  (only with lora_rank > 0)
+
+Three attention modes, picked statically:
+  * no cache: causal self-attention over the T tokens (training, scoring);
+  * prefill (cache given, T > 1): the same, and the keys/values are written to cache[:, :T];
+  * decode (cache given, T == 1): the new key/value is written at `cache_end`, and the query
+    attends to the live part [0, cache_end] chunk by chunk (online softmax), so one step costs
+    O(live length), not O(preallocated length).
+"""
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ceeh_jax.models.config import QwenConfig
+
+_NEG = -1e30  # finite "minus infinity": fully padded rows give a uniform, not NaN, softmax
+
+Cache = dict  # {'k': dtype[L, B, S, K, H], 'v': dtype[L, B, S, K, H]}
+
+_REMAT = {
+    'full': jax.checkpoint_policies.nothing_saveable,
+    'dots': jax.checkpoint_policies.checkpoint_dots,
+    'dots_no_batch': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def _init(std=0.02):
+  return nn.initializers.normal(stddev=std)
+
+
+class Proj(nn.Module):
+  """An einsum projection `x · kernel (+ bias)`, with an optional LoRA delta `x·A·B·scale`."""
+  eq: str                          # e.g. 'BTD,DNH->BTNH'
+  kernel_shape: tuple[int, ...]
+  kernel_axes: tuple[str, ...]
+  num_in: int                      # how many trailing dims of x the kernel contracts
+  use_bias: bool = False
+  lora_rank: int = 0
+  lora_scale: float = 0.0
+  dtype: str = 'float32'
+  param_dtype: str = 'float32'
+
+  @nn.compact
+  def __call__(self, x, lora_on: bool = True):
+    kernel = self.param('kernel', nn.with_logical_partitioning(_init(), self.kernel_axes),
+                        self.kernel_shape, self.param_dtype)
+    y = jnp.einsum(self.eq, x.astype(self.dtype), kernel.astype(self.dtype))
+    if self.use_bias:
+      out_shape, out_axes = self.kernel_shape[self.num_in:], self.kernel_axes[self.num_in:]
+      bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, out_axes),
+                        out_shape, self.param_dtype)
+      y = y + bias.astype(self.dtype)
+    if self.lora_rank:
+      n_in = math.prod(self.kernel_shape[:self.num_in])
+      n_out = math.prod(self.kernel_shape[self.num_in:])
+      a = self.param('lora_a', nn.with_logical_partitioning(_init(1 / n_in ** 0.5), (None, None)),
+                     (n_in, self.lora_rank), self.param_dtype)
+      b = self.param('lora_b', nn.with_logical_partitioning(nn.initializers.zeros, (None, None)),
+                     (self.lora_rank, n_out), self.param_dtype)
+      if lora_on:  # off = the frozen base model, i.e. the reference policy
+        xf = x.reshape(x.shape[:x.ndim - self.num_in] + (n_in,)).astype(self.dtype)
+        delta = (xf @ a.astype(self.dtype)) @ b.astype(self.dtype)
+        y = y + (self.lora_scale * delta).reshape(y.shape).astype(self.dtype)
+    return y
+
+
+class RMSNorm(nn.Module):
+  """RMSNorm computed in fp32, scaled in the activation dtype (as HF Qwen2)."""
+  eps: float
+  dtype: str = 'float32'
+  param_dtype: str = 'float32'
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param('scale', nn.with_logical_partitioning(nn.initializers.ones, ('norm',)),
+                       (x.shape[-1],), self.param_dtype)
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    return scale.astype(self.dtype) * xf.astype(self.dtype)
+
+
+def rope_angles(positions, head_dim: int, theta: float):
+  """int32[B, T] positions -> (sin, cos) f32[B, T, H/2], computed in fp32."""
+  exponents = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim
+  inv_freq = 1.0 / (jnp.float32(theta) ** exponents)
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq
+  return jnp.sin(angles), jnp.cos(angles)
+
+
+def apply_rope(x, sin, cos):
+  """Rotate-half RoPE on x[B, T, heads, H] with sin/cos f32[B, T, H/2] (HF convention)."""
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  sin, cos = sin[:, :, None, :], cos[:, :, None, :]
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+def _full_attention(q, k, v, mask):
+  """q[B,T,K,G,H], k/v[B,S,K,H], mask bool[B,T,S] -> out [B,T,K,G,H], probs f32[B,K,G,T,S]."""
+  logits = jnp.einsum('BTKGH,BSKH->BKGTS', q, k, preferred_element_type=jnp.float32)
+  logits = jnp.where(mask[:, None, None], logits, _NEG)
+  probs = jax.nn.softmax(logits, axis=-1)
+  out = jnp.einsum('BKGTS,BSKH->BTKGH', probs.astype(v.dtype), v)
+  return out, probs
+
+
+def _decode_attention(q, k_cache, v_cache, key_mask, live, chunk: int):
+  """One query per row over the live cache prefix, chunk by chunk (online softmax).
+
+  q[B,K,G,H]; k/v_cache[B,S,K,H]; key_mask bool[B,S]; live int32[] = valid prefix length.
+  Returns [B,K,G,H]. Work is proportional to `live`, not to S.
+  """
+  b, _, kh, h = k_cache.shape
+  g = q.shape[2]
+
+  def body(c, carry):
+    m, l, acc = carry
+    k = jax.lax.dynamic_slice_in_dim(k_cache, c * chunk, chunk, axis=1)
+    v = jax.lax.dynamic_slice_in_dim(v_cache, c * chunk, chunk, axis=1)
+    idx = c * chunk + jnp.arange(chunk)
+    ok = jax.lax.dynamic_slice_in_dim(key_mask, c * chunk, chunk, axis=1) & (idx < live)[None]
+    s = jnp.einsum('BKGH,BCKH->BKGC', q, k, preferred_element_type=jnp.float32)
+    s = jnp.where(ok[:, None, None], s, _NEG)
+    m_new = jnp.maximum(m, s.max(-1))
+    p = jnp.where(ok[:, None, None], jnp.exp(s - m_new[..., None]), 0.0)
+    corr = jnp.exp(m - m_new)
+    l = l * corr + p.sum(-1)
+    acc = acc * corr[..., None] + jnp.einsum('BKGC,BCKH->BKGH', p.astype(v.dtype), v,
+                                             preferred_element_type=jnp.float32)
+    return m_new, l, acc
+
+  init = (jnp.full((b, kh, g), _NEG, jnp.float32), jnp.zeros((b, kh, g), jnp.float32),
+          jnp.zeros((b, kh, g, h), jnp.float32))
+  n_chunks = (live + chunk - 1) // chunk
+  _, l, acc = jax.lax.fori_loop(0, n_chunks, body, init)
+  return (acc / jnp.maximum(l, 1e-30)[..., None]).astype(q.dtype)
+
+
+def attention_received(probs, key_mask):
+  """Mean attention that later valid tokens pay to each key: f32[B,K,G,T,T] -> f32[B,T].
+
+  Averages p[j -> i] over heads and over valid queries j > i (ENTRA's mu_i); 0 where no later
+  valid token exists.
+  """
+  t = probs.shape[-1]
+  later = jnp.arange(t)[:, None] > jnp.arange(t)[None, :]                 # [j, i]: j > i
+  w = later[None] & key_mask[:, :, None]                                   # [B, j, i]
+  total = jnp.einsum('BKGJI,BJI->BI', probs, w.astype(probs.dtype))
+  count = w.sum(1) * probs.shape[1] * probs.shape[2]
+  return jnp.where(count > 0, total / jnp.maximum(count, 1), 0.0)
+
+
+class Attention(nn.Module):
+  config: QwenConfig
+  mode: str  # 'full' | 'prefill' | 'decode'
+
+  @nn.compact
+  def __call__(self, x, sin, cos, key_mask, layer_cache, cache_end, lora_on):
+    cfg = self.config
+    d, n, k, h = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    g = n // k
+    proj = functools.partial(Proj, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    lora = lambda name: dict(lora_rank=cfg.lora_rank if name in cfg.lora_targets else 0,
+                             lora_scale=cfg.lora_scale)
+    q = proj('BTD,DNH->BTNH', (d, n, h), ('embed', 'q_heads', 'head_dim'), 1, True,
+             name='q', **lora('q'))(x, lora_on)
+    kk = proj('BTD,DKH->BTKH', (d, k, h), ('embed', 'kv_heads', 'head_dim'), 1, True,
+              name='k', **lora('k'))(x, lora_on)
+    vv = proj('BTD,DKH->BTKH', (d, k, h), ('embed', 'kv_heads', 'head_dim'), 1, True,
+              name='v', **lora('v'))(x, lora_on)
+    q = apply_rope(q, sin, cos) * jnp.asarray(h ** -0.5, q.dtype)
+    kk = apply_rope(kk, sin, cos)
+    b, t = x.shape[:2]
+    q = q.reshape(b, t, k, g, h)
+
+    probs = None
+    new_cache = layer_cache
+    if self.mode == 'decode':
+      kc = jax.lax.dynamic_update_slice_in_dim(layer_cache['k'], kk.astype(layer_cache['k'].dtype),
+                                               cache_end, axis=1)
+      vc = jax.lax.dynamic_update_slice_in_dim(layer_cache['v'], vv.astype(layer_cache['v'].dtype),
+                                               cache_end, axis=1)
+      new_cache = {'k': kc, 'v': vc}
+      chunk = min(cfg.decode_chunk, kc.shape[1])
+      out = _decode_attention(q[:, 0], kc, vc, key_mask, cache_end + 1, chunk)[:, None]
+    else:
+      own_mask = key_mask[:, :t]
+      mask = jnp.tril(jnp.ones((t, t), bool))[None] & own_mask[:, None, :]
+      out, probs = _full_attention(q, kk, vv, mask)
+      if self.mode == 'prefill':
+        new_cache = {
+            'k': jax.lax.dynamic_update_slice_in_dim(layer_cache['k'],
+                                                     kk.astype(layer_cache['k'].dtype), 0, 1),
+            'v': jax.lax.dynamic_update_slice_in_dim(layer_cache['v'],
+                                                     vv.astype(layer_cache['v'].dtype), 0, 1)}
+    out = out.reshape(b, t, n, h)
+    out = nn.with_logical_constraint(out, ('act_batch', 'act_length', 'act_heads', None))
+    y = proj('BTNH,NHD->BTD', (n, h, d), ('q_heads', 'head_dim', 'embed'), 2, False,
+             name='o', **lora('o'))(out, lora_on)
+    return y, new_cache, probs
+
+
+class Mlp(nn.Module):
+  config: QwenConfig
+
+  @nn.compact
+  def __call__(self, x, lora_on):
+    cfg = self.config
+    proj = functools.partial(Proj, dtype=cfg.dtype, param_dtype=cfg.param_dtype, num_in=1,
+                             lora_scale=cfg.lora_scale)
+    rank = lambda name: cfg.lora_rank if name in cfg.lora_targets else 0
+    d, f = cfg.embed_dim, cfg.mlp_dim
+    gate = proj('BTD,DF->BTF', (d, f), ('embed', 'mlp'), name='gate', lora_rank=rank('gate'))
+    up = proj('BTD,DF->BTF', (d, f), ('embed', 'mlp'), name='up', lora_rank=rank('up'))
+    down = proj('BTF,FD->BTD', (f, d), ('mlp', 'embed'), name='down', lora_rank=rank('down'))
+    hidden = nn.silu(gate(x, lora_on)) * up(x, lora_on)
+    hidden = nn.with_logical_constraint(hidden, ('act_batch', 'act_length', 'act_mlp'))
+    return down(hidden, lora_on)
+
+
+class Block(nn.Module):
+  """One pre-norm decoder layer; the scan body (carry = residual stream)."""
+  config: QwenConfig
+  mode: str
+  lora_on: bool = True
+  want_mu: bool = False
+
+  @nn.compact
+  def __call__(self, x, layer_cache, sin, cos, key_mask, cache_end):
+    cfg = self.config
+    norm = functools.partial(RMSNorm, cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype)
+    attn_out, new_cache, probs = Attention(cfg, self.mode, name='attn')(
+        norm(name='pre_attn_norm')(x), sin, cos, key_mask, layer_cache, cache_end, self.lora_on)
+    x = x + attn_out
+    x = x + Mlp(cfg, name='mlp')(norm(name='pre_mlp_norm')(x), self.lora_on)
+    x = nn.with_logical_constraint(x, ('act_batch', 'act_length', 'act_embed'))
+    mu = attention_received(probs, key_mask[:, :x.shape[1]]) if self.want_mu else None
+    return x, (new_cache, mu)
+
+
+class Qwen2(nn.Module):
+  """Qwen2 causal LM. See the module docstring for modes and the param tree."""
+  config: QwenConfig
+
+  @nn.compact
+  def __call__(self, tokens, positions, key_mask=None, cache=None, cache_end=None, *,
+               return_hidden: bool = False, lora_on: bool = True, return_mu: bool = False):
+    """Runs the decoder.
+
+    Args:
+      tokens: int32[B, T].
+      positions: int32[B, T] RoPE positions (left-padded rows start at 0 on their first token).
+      key_mask: bool[B, S], True on real tokens; S = T without a cache, else the cache length.
+        None means no padding.
+      cache: {'k','v': [L, B, S, K, H]} or None. With T > 1 it must be empty (prefill).
+      cache_end: int32[] slot of the new token when decoding (T == 1).
+      return_hidden: return the final-norm hidden states [B, T, D] instead of logits.
+      lora_on: False runs the base model (LoRA adapters off): the reference policy.
+      return_mu: also return the final layer's attention-received mu f32[B, T] (ENTRA).
+
+    Returns:
+      (logits f32[B, T, V] or hidden [B, T, D], new cache or None[, mu f32[B, T]]).
+    """
+    cfg = self.config
+    b, t = tokens.shape
+    mode = 'full' if cache is None else ('decode' if t == 1 else 'prefill')
+    if mode == 'decode' and cache_end is None:
+      raise ValueError('decoding with a cache needs cache_end (the slot of the new token)')
+    if return_mu and mode != 'full':
+      raise ValueError('return_mu is only available without a cache')
+    if key_mask is None:
+      key_mask = jnp.ones((b, t if cache is None else cache['k'].shape[2]), bool)
+    if cache_end is None:
+      cache_end = jnp.zeros((), jnp.int32)
+
+    embedding = self.param('embedding', nn.with_logical_partitioning(_init(), ('vocab', 'embed')),
+                           (cfg.vocab_size, cfg.embed_dim), cfg.param_dtype)
+    x = jnp.take(embedding, tokens, axis=0).astype(cfg.dtype)
+    x = nn.with_logical_constraint(x, ('act_batch', 'act_length', 'act_embed'))
+    sin, cos = rope_angles(positions, cfg.head_dim, cfg.rope_theta)
+
+    block = Block
+    if cfg.remat_policy != 'none':
+      block = nn.remat(Block, policy=_REMAT[cfg.remat_policy], prevent_cse=False)
+    layers = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True},
+                     in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                     length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
+    x, (new_cache, mu) = layers(cfg, mode, lora_on, return_mu, name='layers')(
+        x, cache, sin, cos, key_mask, cache_end)
+    x = RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name='final_norm')(x)
+
+    if return_hidden:
+      out = x
+    elif cfg.tie_embeddings:
+      out = jnp.einsum('BTD,VD->BTV', x, embedding.astype(cfg.dtype),
+                       preferred_element_type=jnp.float32)
+    else:
+      head = self.param('lm_head', nn.with_logical_partitioning(_init(), ('embed', 'vocab')),
+                        (cfg.embed_dim, cfg.vocab_size), cfg.param_dtype)
+      out = jnp.einsum('BTD,DV->BTV', x, head.astype(cfg.dtype),
+                       preferred_element_type=jnp.float32)
+    if return_mu:
+      return out, new_cache, mu[-1]
+    return out, new_cache
+
+
+def unembedding(params, config: QwenConfig):
+  """The [D, V] output projection (the transposed embedding when tied)."""
+  if config.tie_embeddings:
+    return params['embedding'].T
+  return params['lm_head']
+
+
+def init_cache(config: QwenConfig, batch: int, length: int, dtype=None) -> Cache:
+  """Zeros KV cache {'k','v': [L, B, S, K, H]}; S rounded up to the decode chunk."""
+  chunk = config.decode_chunk
+  length = -(-length // chunk) * chunk if length > chunk else length
+  shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
+  dtype = dtype or config.dtype
+  return {'k': jnp.zeros(shape, dtype), 'v': jnp.zeros(shape, dtype)}
+
+
+def positions_from_mask(mask):
+  """bool[B, T] left-padded mask -> int32[B, T] positions (0 on each row's first real token)."""
+  return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def init_params(config: QwenConfig, rng):
+  """Random params (boxed with logical axes stripped) for a config."""
+  model = Qwen2(config)
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  variables = model.init(rng, tokens, tokens)
+  return nn.meta.unbox(variables['params'])

@@ -1,0 +1,137 @@
+"""Mesh construction and logical-axis -> mesh-axis mapping.
+
+The model names axes logically ('embed', 'q_heads', 'act_batch', ...); the physical mesh
+('data', 'fsdp', 'tensor') and the rules that map one to the other come from the config.
+Any dimension a mesh axis does not divide is replicated instead of mis-split (Qwen2.5 <= 3B
+has 2 KV heads, so `tensor` = 4 replicates the kv projections and the KV cache).
+"""
+from collections.abc import Sequence
+import math
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+
+# Logical name -> mesh axis (or axes). Params: 'embed' is FSDP-sharded, heads/mlp/vocab are
+# tensor-parallel. Activations: batch over data x fsdp, heads/mlp over tensor.
+DEFAULT_RULES = (
+    ('layers', None),
+    ('vocab', 'tensor'),
+    ('embed', 'fsdp'),
+    ('q_heads', 'tensor'),
+    ('kv_heads', 'tensor'),
+    ('head_dim', None),
+    ('mlp', 'tensor'),
+    ('norm', None),
+    ('act_batch', ('data', 'fsdp')),
+    ('act_length', None),
+    ('act_embed', None),
+    ('act_heads', 'tensor'),
+    ('act_mlp', 'tensor'),
+    ('cache_batch', ('data', 'fsdp')),
+    ('cache_length', None),
+    ('cache_kv_heads', 'tensor'),
+)
+
+
+def make_mesh(shape: Sequence[int], devices=None) -> Mesh:
+  """A ('data', 'fsdp', 'tensor') mesh; one entry may be -1 (= the remaining devices)."""
+  devices = jax.devices() if devices is None else list(devices)
+  shape = list(shape)
+  if len(shape) != 3:
+    raise ValueError(f'mesh shape needs 3 entries for {MESH_AXES}, got {shape}')
+  if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+    raise ValueError(f'mesh shape {shape}: sizes must be positive, at most one -1')
+  known = math.prod(s for s in shape if s != -1)
+  if len(devices) % known:
+    raise ValueError(f'mesh shape {shape} does not divide the {len(devices)} devices')
+  shape = [len(devices) // known if s == -1 else s for s in shape]
+  if math.prod(shape) != len(devices):
+    raise ValueError(f'mesh shape {shape} uses {math.prod(shape)} devices but '
+                     f'{len(devices)} are available')
+  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+
+
+def _resolve(name, rules):
+  for logical, physical in rules:
+    if logical == name:
+      return physical
+  return None
+
+
+def spec_for(logical_axes, shape, mesh: Mesh, rules=DEFAULT_RULES) -> P:
+  """PartitionSpec for an array with logical axes, replicating dims a mesh axis can't divide."""
+  out, used = [], set()
+  for name, dim in zip(logical_axes, shape):
+    phys = _resolve(name, rules) if name is not None else None
+    axes = (phys,) if isinstance(phys, str) else tuple(phys or ())
+    axes = tuple(a for a in axes if a not in used and mesh.shape[a] > 1)
+    size = math.prod(mesh.shape[a] for a in axes)
+    if not axes or dim % size:
+      out.append(None)
+      continue
+    used.update(axes)
+    out.append(axes[0] if len(axes) == 1 else axes)
+  return P(*out)
+
+
+def tree_shardings(boxed_tree, mesh: Mesh, rules=DEFAULT_RULES):
+  """NamedShardings for a tree of `nn.LogicallyPartitioned` (abstract or real) leaves."""
+  def one(x):
+    if isinstance(x, nn.LogicallyPartitioned):
+      return NamedSharding(mesh, spec_for(x.names, x.value.shape, mesh, rules))
+    return NamedSharding(mesh, P())
+  return jax.tree.map(one, boxed_tree, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+
+
+def param_shardings(config, mesh: Mesh, rules=DEFAULT_RULES):
+  """Shardings of the model params, from `jax.eval_shape` of init (nothing allocated)."""
+  boxed = abstract_params(config, boxed=True)
+  return tree_shardings(boxed, mesh, rules)
+
+
+def abstract_params(config, boxed: bool = False):
+  """ShapeDtypeStructs of the model params (LogicallyPartitioned boxes when boxed)."""
+  from ceeh_jax.models import qwen2 as qwen2_lib  # local: sharding is imported by the model's users
+  model = qwen2_lib.Qwen2(config)
+  tokens = jax.ShapeDtypeStruct((1, 1), np.int32)
+  variables = jax.eval_shape(model.init, jax.random.key(0), tokens, tokens)
+  params = variables['params']
+  return params if boxed else nn.meta.unbox(params)
+
+
+def init_params(config, rng, mesh: Mesh, rules=DEFAULT_RULES):
+  """Random params created directly in their shardings (never whole on one device)."""
+  from ceeh_jax.models import qwen2 as qwen2_lib
+  shardings = param_shardings(config, mesh, rules)
+  return jax.jit(lambda r: qwen2_lib.init_params(config, r), out_shardings=shardings)(rng)
+
+
+def cache_sharding(mesh: Mesh, config, batch: int, rules=DEFAULT_RULES) -> NamedSharding:
+  """Sharding of a KV cache [L, B, S, K, H]: batch over data axes, kv heads over tensor if K divides."""
+  shape = (config.num_layers, batch, 1, config.num_kv_heads, config.head_dim)
+  names = (None, 'cache_batch', 'cache_length', 'cache_kv_heads', None)
+  return NamedSharding(mesh, spec_for(names, shape, mesh, rules))
+
+
+def batch_sharding(mesh: Mesh, batch: int, ndim: int, rules=DEFAULT_RULES) -> NamedSharding:
+  """Rows over the data axes (replicated if the batch does not divide), other dims replicated."""
+  names = ('act_batch',) + (None,) * (ndim - 1)
+  return NamedSharding(mesh, spec_for(names, (batch,) + (1,) * (ndim - 1), mesh, rules))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def rules_from_config(rules) -> tuple:
+  """Normalise config rules (lists from ml_collections) into a tuple of (name, axes) pairs."""
+  out = []
+  for name, phys in rules:
+    if isinstance(phys, list):
+      phys = tuple(phys)
+    out.append((name, phys))
+  return tuple(out)
