@@ -6,6 +6,7 @@ Any dimension a mesh axis does not divide is replicated instead of mis-split (Qw
 has 2 KV heads, so `tensor` = 4 replicates the kv projections and the KV cache).
 """
 from collections.abc import Sequence
+import contextlib
 import math
 
 import flax.linen as nn
@@ -135,3 +136,14 @@ def rules_from_config(rules) -> tuple:
       phys = tuple(phys)
     out.append((name, phys))
   return tuple(out)
+
+
+@contextlib.contextmanager
+def use(mesh: Mesh | None, rules=DEFAULT_RULES):
+  """Trace under `mesh` and the logical rules, so the model's sharding constraints apply."""
+  if mesh is None:
+    yield
+    return
+  # Inside jit only the abstract mesh may be set; it is all a sharding constraint needs.
+  with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
+    yield

@@ -1,0 +1,281 @@
+"""The jitted rollout sampler: prefill once per prompt, decode G samples in one while_loop.
+
+Shape legend: B prompts, G samples per prompt, R = B·G rows, P prompt bucket (power of two),
+M max new tokens, S cache length (>= P + M, a multiple of the decode chunk), V vocab.
+
+Contract (DESIGN.md "Sampler contract"):
+  * prompts are left-padded into a power-of-two bucket P, prefilled once, and the prompt cache
+    is repeated G times (no prompt is encoded twice);
+  * one `lax.while_loop` decodes until every row is done or M tokens were made; its state is
+    donated, so the cache is updated in place;
+  * sampling is temperature -> top-k -> top-p -> categorical, with a key folded per step from
+    the per-call key;
+  * log-probs are of the sampled token under the temperature-scaled full distribution (the
+    distribution the PPO ratio must use), computed in fp32;
+  * the EOS token stays in the completion and in its mask.
+"""
+import dataclasses
+import functools
+from typing import Sequence
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ceeh_jax import sharding as sharding_lib
+from ceeh_jax.models import qwen2 as qwen2_lib
+from ceeh_jax.models.config import QwenConfig
+
+MIN_BUCKET = 16
+_NUCLEUS_CANDIDATES = 256  # top-p looks here first; the exact full-vocab search is the fallback
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+  """How to sample. temperature 0 = greedy; top_k 0 and top_p 1.0 switch those filters off."""
+  max_new_tokens: int = 128
+  temperature: float = 0.6
+  top_k: int = 0
+  top_p: float = 0.95
+  num_samples: int = 1               # G
+  eos_ids: tuple[int, ...] = ()
+  pad_id: int = 0
+
+  def __post_init__(self):
+    if self.max_new_tokens <= 0:
+      raise ValueError(f'max_new_tokens must be positive, got {self.max_new_tokens}')
+    if self.temperature < 0:
+      raise ValueError(f'temperature must be >= 0, got {self.temperature}')
+    if self.top_k < 0:
+      raise ValueError(f'top_k must be >= 0 (0 = off), got {self.top_k}')
+    if not 0.0 < self.top_p <= 1.0:
+      raise ValueError(f'top_p must be in (0, 1], got {self.top_p}')
+    if self.num_samples <= 0:
+      raise ValueError(f'num_samples must be positive, got {self.num_samples}')
+
+
+@flax.struct.dataclass
+class DecodeState:
+  """Everything the decode loop carries (donated into `decode`)."""
+  step: jax.Array        # int32[]: tokens generated so far
+  prompt_len: jax.Array  # int32[]: P (cache slot of the first generated token)
+  cache: dict            # {'k','v': [L, R, S, K, H]}
+  key_mask: jax.Array    # bool[R, S]
+  position: jax.Array    # int32[R]: RoPE position of the last generated token
+  tokens: jax.Array      # int32[R, M]
+  logps: jax.Array       # f32[R, M]
+  done: jax.Array        # bool[R]
+  rng: jax.Array
+
+
+@flax.struct.dataclass
+class Rollout:
+  """Sampler output; rows are prompt-major (rows g·G … g·G+G−1 share prompt g)."""
+  tokens: jax.Array      # int32[R, M] completion tokens (pad after EOS)
+  logps: jax.Array       # f32[R, M] log-prob of each token (0 where mask is False)
+  mask: jax.Array        # bool[R, M] completion mask, EOS included
+  lengths: jax.Array     # int32[R] number of completion tokens, EOS included
+  finished: jax.Array    # bool[R] ended with an EOS token
+  truncated: jax.Array   # bool[R] hit max_new_tokens without EOS
+
+
+def bucket_length(n: int, minimum: int = MIN_BUCKET) -> int:
+  """Smallest power of two >= max(n, minimum)."""
+  return max(minimum, 1 << max(0, (n - 1)).bit_length())
+
+
+def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int, bucket: int | None = None):
+  """Left-pads token lists into int32[B, P] and bool[B, P] with P a power-of-two bucket."""
+  if not prompts:
+    raise ValueError('no prompts given')
+  longest = max(len(p) for p in prompts)
+  if min(len(p) for p in prompts) == 0:
+    raise ValueError('empty prompt (0 tokens) in the batch')
+  p_len = bucket or bucket_length(longest)
+  if longest > p_len:
+    raise ValueError(f'prompt of {longest} tokens does not fit the bucket of {p_len}')
+  tokens = np.full((len(prompts), p_len), pad_id, np.int32)
+  mask = np.zeros((len(prompts), p_len), bool)
+  for i, p in enumerate(prompts):
+    tokens[i, p_len - len(p):] = p
+    mask[i, p_len - len(p):] = True
+  return tokens, mask
+
+
+# ---------------------------------------------------------------------------------------------
+# Token selection.
+# ---------------------------------------------------------------------------------------------
+
+def _nucleus_threshold_exact(probs, top_p):
+  """Largest t with sum(probs[probs >= t]) >= top_p, per row, found without a sort.
+
+  Binary search over the int32 bit patterns of non-negative floats (monotone in the value),
+  31 halvings: exact, O(31·V) per row instead of a full-vocabulary sort.
+  """
+  bits = jax.lax.bitcast_convert_type(probs, jnp.int32)
+  lo = jnp.zeros(probs.shape[:-1], jnp.int32)                 # mass(>= lo) >= top_p always
+  hi = bits.max(-1) + 1                                        # mass(>= hi) == 0 < top_p
+
+  def body(_, lohi):
+    lo, hi = lohi
+    mid = lo + (hi - lo) // 2
+    mass = jnp.where(bits >= mid[..., None], probs, 0.0).sum(-1)
+    ok = mass >= top_p
+    return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
+
+  lo, _ = jax.lax.fori_loop(0, 31, body, (lo, hi))
+  return jax.lax.bitcast_convert_type(lo, jnp.float32)
+
+
+def _nucleus_threshold(probs, top_p):
+  """Probability threshold of the top-p nucleus: the top candidates first, exact fallback."""
+  k = min(_NUCLEUS_CANDIDATES, probs.shape[-1])
+  top, _ = jax.lax.top_k(probs, k)                              # sorted descending
+  cum = jnp.cumsum(top, axis=-1)
+  covered = cum[..., -1] >= top_p
+  # First index where the cumulative mass reaches top_p; its prob is the threshold.
+  idx = jnp.argmax(cum >= top_p, axis=-1)
+  fast = jnp.take_along_axis(top, idx[..., None], axis=-1)[..., 0]
+  return jax.lax.cond(jnp.all(covered), lambda: fast,
+                      lambda: jnp.where(covered, fast, _nucleus_threshold_exact(probs, top_p)))
+
+
+def filter_logits(logits, temperature, *, top_k: int, top_p, greedy: bool):
+  """f32[R, V] logits -> (scaled logits, sampling logits with -inf outside top-k/top-p)."""
+  logits = logits.astype(jnp.float32)
+  if greedy:
+    return logits, logits
+  scaled = logits / temperature
+  masked = scaled
+  if top_k:
+    kth = jax.lax.top_k(scaled, top_k)[0][..., -1:]
+    masked = jnp.where(scaled >= kth, masked, -jnp.inf)
+  if top_p is not None:
+    probs = jax.nn.softmax(masked, axis=-1)
+    thresh = _nucleus_threshold(probs, top_p)
+    keep = (probs >= thresh[..., None]) | (top_p >= 1.0)
+    masked = jnp.where(keep, masked, -jnp.inf)
+  return scaled, masked
+
+
+def select(logits, rng, temperature, *, top_k: int, top_p, greedy: bool):
+  """Samples int32[R] tokens and their fp32 log-probs under the temperature-scaled logits."""
+  scaled, masked = filter_logits(logits, temperature, top_k=top_k, top_p=top_p, greedy=greedy)
+  if greedy:
+    token = jnp.argmax(masked, axis=-1).astype(jnp.int32)
+  else:
+    token = jax.random.categorical(rng, masked, axis=-1).astype(jnp.int32)
+  logp = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), token[:, None], -1)[:, 0]
+  return token, logp
+
+
+# ---------------------------------------------------------------------------------------------
+# Prefill and decode (each one jit).
+# ---------------------------------------------------------------------------------------------
+
+def _prefill(params, prompt_tokens, prompt_mask, rng, temperature, top_p, *,
+            model_cfg: QwenConfig, cfg: SampleConfig, mesh=None, rules=sharding_lib.DEFAULT_RULES):
+  """Encodes int32[B, P] prompts once, repeats the cache G times, samples the first token."""
+  with sharding_lib.use(mesh, rules):
+    b, p_len = prompt_tokens.shape
+    g, m = cfg.num_samples, cfg.max_new_tokens
+    cache = qwen2_lib.init_cache(model_cfg, b, p_len + m)
+    s_len = cache['k'].shape[2]
+    key_mask = jnp.concatenate([prompt_mask, jnp.ones((b, s_len - p_len), bool)], axis=1)
+    positions = qwen2_lib.positions_from_mask(prompt_mask)
+    logits, cache = qwen2_lib.Qwen2(model_cfg).apply(
+        {'params': params}, prompt_tokens, positions, key_mask, cache)
+    # Share the prompt's cache across its G samples (prompt-major rows).
+    rep = lambda x, axis: jnp.repeat(x, g, axis=axis)
+    cache = jax.tree.map(lambda x: rep(x, 1), cache)
+    if mesh is not None:
+      cache = jax.lax.with_sharding_constraint(
+          cache, sharding_lib.cache_sharding(mesh, model_cfg, b * g, rules))
+    key_mask, last_logits = rep(key_mask, 0), rep(logits[:, -1], 0)
+    position = rep(positions[:, -1] + 1, 0)
+
+    rng, step_rng = jax.random.split(rng)
+    token, logp = select(last_logits, step_rng, temperature, top_k=cfg.top_k,
+                         top_p=None if cfg.top_p >= 1.0 else top_p, greedy=cfg.temperature == 0)
+    r = b * g
+    done = jnp.isin(token, jnp.asarray(cfg.eos_ids, jnp.int32)) if cfg.eos_ids else jnp.zeros(r, bool)
+    tokens = jnp.full((r, m), cfg.pad_id, jnp.int32).at[:, 0].set(token)
+    logps = jnp.zeros((r, m), jnp.float32).at[:, 0].set(logp)
+    return DecodeState(step=jnp.ones((), jnp.int32), prompt_len=jnp.asarray(p_len, jnp.int32),
+                       cache=cache, key_mask=key_mask, position=position, tokens=tokens,
+                       logps=logps, done=done, rng=rng)
+
+
+def _decode(params, state: DecodeState, temperature, top_p, *, model_cfg: QwenConfig,
+            cfg: SampleConfig, mesh=None, rules=sharding_lib.DEFAULT_RULES):
+  """Decodes until every row hit EOS or M tokens exist -> (Rollout, final state).
+
+  The final state is returned so the donated input buffers (the cache) alias an output and
+  the loop updates them in place; callers drop it.
+  """
+  m = cfg.max_new_tokens
+  model = qwen2_lib.Qwen2(model_cfg)
+  eos = jnp.asarray(cfg.eos_ids or (-1,), jnp.int32)
+
+  def cond(s: DecodeState):
+    return (s.step < m) & ~jnp.all(s.done)
+
+  def body(s: DecodeState):
+    last = s.tokens[:, s.step - 1]
+    logits, cache = model.apply({'params': params}, last[:, None], s.position[:, None],
+                                s.key_mask, s.cache, s.prompt_len + s.step - 1)
+    token, logp = select(logits[:, 0], jax.random.fold_in(s.rng, s.step), temperature,
+                         top_k=cfg.top_k, top_p=None if cfg.top_p >= 1.0 else top_p,
+                         greedy=cfg.temperature == 0)
+    token = jnp.where(s.done, cfg.pad_id, token)
+    logp = jnp.where(s.done, 0.0, logp)
+    return s.replace(step=s.step + 1, cache=cache, position=s.position + 1,
+                     tokens=s.tokens.at[:, s.step].set(token),
+                     logps=s.logps.at[:, s.step].set(logp),
+                     done=s.done | jnp.isin(token, eos))
+
+  with sharding_lib.use(mesh, rules):
+    state = jax.lax.while_loop(cond, body, state)
+  is_eos = jnp.isin(state.tokens, eos) if cfg.eos_ids else jnp.zeros(state.tokens.shape, bool)
+  # Mask: everything up to and including the first EOS (or all M tokens).
+  before_eos = jnp.cumsum(is_eos.astype(jnp.int32), axis=1) - is_eos.astype(jnp.int32) == 0
+  mask = before_eos & (jnp.arange(m)[None] < state.step)
+  finished = jnp.any(is_eos & mask, axis=1)
+  lengths = mask.sum(1).astype(jnp.int32)
+  rollout = Rollout(tokens=jnp.where(mask, state.tokens, cfg.pad_id),
+                    logps=jnp.where(mask, state.logps, 0.0), mask=mask, lengths=lengths,
+                    finished=finished, truncated=~finished)
+  return rollout, state
+
+
+_STATIC = ('model_cfg', 'cfg', 'mesh', 'rules')
+prefill = jax.jit(_prefill, static_argnames=_STATIC)
+decode = jax.jit(_decode, static_argnames=_STATIC, donate_argnames=('state',))
+
+
+def generate(params, prompts: Sequence[Sequence[int]], rng, *, model_cfg: QwenConfig,
+             cfg: SampleConfig, mesh=None, rules=sharding_lib.DEFAULT_RULES,
+             bucket: int | None = None) -> Rollout:
+  """Host entry point: token-id prompts -> Rollout (device arrays), rows prompt-major.
+
+  `params` may be a bf16 view of the training params (see `sampling_params`).
+  """
+  tokens, mask = pad_prompts(prompts, cfg.pad_id, bucket)
+  if mesh is not None:
+    shard = sharding_lib.batch_sharding(mesh, tokens.shape[0], 2, rules)
+    tokens, mask = jax.device_put(tokens, shard), jax.device_put(mask, shard)
+  temperature = jnp.float32(max(cfg.temperature, 1e-6))
+  top_p = jnp.float32(cfg.top_p)
+  state = prefill(params, tokens, mask, rng, temperature, top_p, model_cfg=model_cfg, cfg=cfg,
+                  mesh=mesh, rules=rules)
+  rollout, _ = decode(params, state, temperature, top_p, model_cfg=model_cfg, cfg=cfg, mesh=mesh,
+                      rules=rules)
+  return rollout
+
+
+def sampling_params(params, dtype=jnp.bfloat16):
+  """A low-precision view of the params for rollouts (the trainer keeps fp32 masters)."""
+  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                      params)

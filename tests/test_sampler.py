@@ -1,0 +1,218 @@
+"""Sampler invariants: HF greedy parity, cached log-probs == full forward, exact sampling law."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ceeh_jax import sampler as sampler_lib
+from ceeh_jax import sharding as sharding_lib
+from ceeh_jax.models import qwen2 as qwen2_lib
+from ceeh_jax.models.config import QwenConfig
+
+PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [3, 4], [100, 101, 102, 103, 104], [17]]
+# Chi-square critical values at alpha = 1e-3 by degrees of freedom.
+CHI2_CRIT_1E3 = {1: 10.83, 2: 13.82, 3: 16.27, 4: 18.47, 5: 20.52, 6: 22.46, 7: 24.32, 8: 26.12,
+                 9: 27.88, 10: 29.59}
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  cfg = QwenConfig.tiny(decode_chunk=16)
+  return cfg, qwen2_lib.init_params(cfg, jax.random.key(0))
+
+
+def _full_forward_logps(cfg, params, prompts, rollout, temperature, g):
+  toks, mask = sampler_lib.pad_prompts(prompts, 0)
+  gen = np.asarray(rollout.tokens)
+  full = np.concatenate([np.repeat(toks, g, 0), gen], 1)
+  fmask = np.concatenate([np.repeat(mask, g, 0), np.ones_like(gen, bool)], 1)
+  logits, _ = qwen2_lib.Qwen2(cfg).apply({'params': params}, jnp.asarray(full),
+                                         qwen2_lib.positions_from_mask(jnp.asarray(fmask)),
+                                         jnp.asarray(fmask))
+  logp = jax.nn.log_softmax(logits / temperature, -1)[:, toks.shape[1] - 1:-1]
+  return np.take_along_axis(np.asarray(logp), gen[..., None], -1)[..., 0]
+
+
+def test_pad_prompts_left_pads_into_power_of_two_bucket():
+  toks, mask = sampler_lib.pad_prompts([[1, 2, 3], [4]], pad_id=0)
+  assert toks.shape == (2, 16)
+  np.testing.assert_array_equal(toks[0, -3:], [1, 2, 3])
+  np.testing.assert_array_equal(mask.sum(1), [3, 1])
+  assert sampler_lib.bucket_length(17) == 32 and sampler_lib.bucket_length(32) == 32
+  with pytest.raises(ValueError, match='empty prompt'):
+    sampler_lib.pad_prompts([[1], []], 0)
+
+
+def test_greedy_matches_hf_generate(tiny, tmp_path):
+  torch = pytest.importorskip('torch')
+  transformers = pytest.importorskip('transformers')
+  from ceeh_jax import hf_io
+  cfg, params = tiny
+  hf_io.save_hf(params, cfg, tmp_path)
+  hf = transformers.Qwen2ForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+  toks, mask = sampler_lib.pad_prompts(PROMPTS, 0)
+  sc = sampler_lib.SampleConfig(max_new_tokens=24, temperature=0.0, pad_id=0)
+  ours = sampler_lib.generate(params, PROMPTS, jax.random.key(0), model_cfg=cfg, cfg=sc)
+  with torch.no_grad():
+    out = hf.generate(input_ids=torch.tensor(toks).long(), attention_mask=torch.tensor(mask).long(),
+                      max_new_tokens=24, do_sample=False, pad_token_id=0)
+  np.testing.assert_array_equal(np.asarray(ours.tokens), out[:, toks.shape[1]:].numpy())
+
+
+@pytest.mark.parametrize('temperature,top_p', [(0.7, 1.0), (1.3, 0.9)])
+def test_cached_logps_equal_full_forward(tiny, temperature, top_p):
+  cfg, params = tiny
+  g = 3
+  sc = sampler_lib.SampleConfig(max_new_tokens=37, temperature=temperature, top_p=top_p,
+                                num_samples=g, pad_id=0)
+  rollout = sampler_lib.generate(params, PROMPTS, jax.random.key(1), model_cfg=cfg, cfg=sc)
+  ref = _full_forward_logps(cfg, params, PROMPTS, rollout, temperature, g)
+  np.testing.assert_allclose(np.asarray(rollout.logps), ref, atol=2e-5)
+
+
+def test_eos_kept_in_completion_and_mask(tiny):
+  cfg, params = tiny
+  greedy = sampler_lib.SampleConfig(max_new_tokens=12, temperature=0.0, pad_id=0)
+  free = sampler_lib.generate(params, PROMPTS, jax.random.key(0), model_cfg=cfg, cfg=greedy)
+  eos = int(free.tokens[0, 4])  # greedy row 0 emits this at step 4 (and maybe earlier)
+  first = int(np.argmax(np.asarray(free.tokens[0]) == eos))
+  sc = sampler_lib.SampleConfig(max_new_tokens=12, temperature=0.0, pad_id=0, eos_ids=(eos, 999))
+  r = sampler_lib.generate(params, PROMPTS, jax.random.key(0), model_cfg=cfg, cfg=sc)
+  assert int(r.lengths[0]) == first + 1
+  assert int(r.tokens[0, first]) == eos and bool(r.mask[0, first])
+  assert not np.asarray(r.mask[0, first + 1:]).any()
+  assert (np.asarray(r.tokens[0, first + 1:]) == 0).all()
+  assert bool(r.finished[0]) and not bool(r.truncated[0])
+  np.testing.assert_array_equal(np.asarray(r.mask).sum(1), np.asarray(r.lengths))
+  # Rows that never emit EOS are truncated at max_new_tokens.
+  for row in range(len(PROMPTS)):
+    if not (np.asarray(free.tokens[row]) == eos).any():
+      assert int(r.lengths[row]) == 12 and bool(r.truncated[row])
+
+
+def test_keys_fresh_per_call_and_reproducible(tiny):
+  cfg, params = tiny
+  sc = sampler_lib.SampleConfig(max_new_tokens=16, temperature=1.0, top_p=1.0, num_samples=2)
+  a = sampler_lib.generate(params, PROMPTS, jax.random.key(3), model_cfg=cfg, cfg=sc)
+  b = sampler_lib.generate(params, PROMPTS, jax.random.key(3), model_cfg=cfg, cfg=sc)
+  c = sampler_lib.generate(params, PROMPTS, jax.random.key(4), model_cfg=cfg, cfg=sc)
+  np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+  assert (np.asarray(a.tokens) != np.asarray(c.tokens)).any()
+  # Each step draws fresh noise: the G samples of one prompt differ from each other.
+  assert (np.asarray(a.tokens[0]) != np.asarray(a.tokens[1])).any()
+
+
+def _exact_truncated(logits, temperature, top_k, top_p):
+  """Reference law by sorting: temperature, then top-k, then top-p (smallest nucleus)."""
+  z = np.asarray(logits, np.float64) / temperature
+  order = np.argsort(-z)
+  keep = np.zeros_like(z, bool)
+  k = top_k or len(z)
+  keep[order[:k]] = True
+  p = np.where(keep, np.exp(z - z.max()), 0.0)
+  p /= p.sum()
+  cum = np.cumsum(p[order])
+  n_keep = int(np.searchsorted(cum, top_p - 1e-12) + 1)
+  nucleus = np.zeros_like(keep)
+  nucleus[order[:n_keep]] = True
+  p = np.where(nucleus, p, 0.0)
+  return p / p.sum()
+
+
+@pytest.mark.parametrize('temperature,top_k,top_p', [
+    (1.0, 0, 1.0), (0.6, 0, 0.95), (1.5, 5, 1.0), (0.8, 6, 0.8), (2.0, 0, 0.7)])
+def test_sampling_law_chi_square(temperature, top_k, top_p):
+  logits = jnp.asarray([2.0, 1.5, 1.2, 0.9, 0.3, 0.0, -0.4, -1.0, -2.0, 0.5, 1.1], jnp.float32)
+  n = 20_000
+  tokens, _ = sampler_lib.select(jnp.broadcast_to(logits, (n, logits.size)), jax.random.key(7),
+                                 jnp.float32(temperature), top_k=top_k,
+                                 top_p=None if top_p >= 1 else jnp.float32(top_p), greedy=False)
+  expected = _exact_truncated(logits, temperature, top_k, top_p)
+  counts = np.bincount(np.asarray(tokens), minlength=logits.size)
+  assert counts[expected == 0].sum() == 0, 'sampled a token outside the truncated support'
+  support = expected > 0
+  e = expected[support] * n
+  chi2 = float(((counts[support] - e) ** 2 / e).sum())
+  dof = int(support.sum()) - 1
+  assert dof >= 1 and chi2 < CHI2_CRIT_1E3[dof], (chi2, dof)
+
+
+def test_sampler_first_token_law_end_to_end():
+  """10k samples of one prompt through prefill: frequencies match the model's own law."""
+  cfg = QwenConfig.tiny(vocab_size=11, decode_chunk=16)
+  params = qwen2_lib.init_params(cfg, jax.random.key(5))
+  params = jax.tree.map(lambda x: x * 20 if x.ndim == 2 and x.shape[-1] == 11 else x, params)
+  prompt = [[1, 2, 3]]
+  toks, mask = sampler_lib.pad_prompts(prompt, 0)
+  logits, _ = qwen2_lib.Qwen2(cfg).apply({'params': params}, jnp.asarray(toks),
+                                         qwen2_lib.positions_from_mask(jnp.asarray(mask)),
+                                         jnp.asarray(mask))
+  temperature, top_k, top_p = 0.9, 8, 0.9
+  expected = _exact_truncated(np.asarray(logits[0, -1]), temperature, top_k, top_p)
+  n = 10_000
+  sc = sampler_lib.SampleConfig(max_new_tokens=1, temperature=temperature, top_k=top_k,
+                                top_p=top_p, num_samples=n)
+  r = sampler_lib.generate(params, prompt, jax.random.key(11), model_cfg=cfg, cfg=sc)
+  counts = np.bincount(np.asarray(r.tokens[:, 0]), minlength=11)
+  assert counts[expected == 0].sum() == 0
+  support = expected > 0
+  e = expected[support] * n
+  chi2 = float(((counts[support] - e) ** 2 / e).sum())
+  dof = int(support.sum()) - 1
+  assert dof >= 1 and chi2 < CHI2_CRIT_1E3[dof], (chi2, dof, expected)
+
+
+@pytest.mark.parametrize('scale', [0.01, 1.0, 8.0])  # flat (fallback path) .. peaked (fast path)
+def test_nucleus_threshold_equals_sort(scale):
+  logits = jax.random.normal(jax.random.key(0), (6, 1000)) * scale
+  probs = jax.nn.softmax(logits, -1)
+  for top_p in (0.5, 0.9, 0.95):
+    got = np.asarray(sampler_lib._nucleus_threshold(probs, jnp.float32(top_p)))
+    exact = np.asarray(sampler_lib._nucleus_threshold_exact(probs, jnp.float32(top_p)))
+    for row in range(6):
+      p = np.sort(np.asarray(probs[row]))[::-1]
+      cum = np.cumsum(p)
+      want = p[np.argmax(cum >= top_p)]
+      assert got[row] == pytest.approx(want, rel=1e-6)
+      assert exact[row] == pytest.approx(want, rel=1e-6)
+
+
+def test_no_recompile_within_bucket(tiny):
+  cfg, params = tiny
+  sc = sampler_lib.SampleConfig(max_new_tokens=8, temperature=1.0, top_p=1.0, num_samples=2)
+  counted_prefill = jax.jit(chex.assert_max_traces(sampler_lib._prefill, n=1),
+                            static_argnames=sampler_lib._STATIC)
+  counted_decode = jax.jit(chex.assert_max_traces(sampler_lib._decode, n=1),
+                           static_argnames=sampler_lib._STATIC)
+  for i, prompts in enumerate([[[1, 2, 3], [4, 5]], [[7] * 11, [8] * 16], [[9], [10] * 9]]):
+    toks, mask = sampler_lib.pad_prompts(prompts, 0)
+    state = counted_prefill(params, toks, mask, jax.random.key(i), jnp.float32(1.0),
+                            jnp.float32(1.0), model_cfg=cfg, cfg=sc)
+    counted_decode(params, state, jnp.float32(1.0), jnp.float32(1.0), model_cfg=cfg, cfg=sc)
+
+
+@pytest.mark.parametrize('mesh_shape', [(2, 2, 2), (1, 1, 8), (4, 1, 2)])
+def test_sharded_sampling_equals_single_device(tiny, mesh_shape):
+  cfg, params = tiny
+  mesh = sharding_lib.make_mesh(mesh_shape)
+  sharded = sharding_lib.init_params(cfg, jax.random.key(0), mesh)
+  sc = sampler_lib.SampleConfig(max_new_tokens=10, temperature=0.0, num_samples=2, pad_id=0)
+  ref = sampler_lib.generate(params, PROMPTS, jax.random.key(0), model_cfg=cfg, cfg=sc)
+  got = sampler_lib.generate(sharded, PROMPTS, jax.random.key(0), model_cfg=cfg, cfg=sc,
+                             mesh=mesh)
+  np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(ref.tokens))
+  np.testing.assert_allclose(np.asarray(got.logps), np.asarray(ref.logps), atol=1e-5)
+
+
+def test_results_independent_of_cache_and_bucket_size(tiny):
+  """Decode walks only the live cache prefix: a bigger bucket and a longer preallocated
+  cache (several more chunks) give the same tokens and log-probs."""
+  cfg, params = tiny
+  short = sampler_lib.SampleConfig(max_new_tokens=8, temperature=0.0)
+  long = sampler_lib.SampleConfig(max_new_tokens=200, temperature=0.0)
+  a = sampler_lib.generate(params, PROMPTS, jax.random.key(0), model_cfg=cfg, cfg=short)
+  b = sampler_lib.generate(params, PROMPTS, jax.random.key(0), model_cfg=cfg, cfg=long,
+                           bucket=64)
+  np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens[:, :8]))
+  np.testing.assert_allclose(np.asarray(a.logps), np.asarray(b.logps[:, :8]), atol=1e-5)
