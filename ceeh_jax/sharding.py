@@ -38,22 +38,36 @@ DEFAULT_RULES = (
 )
 
 
-def make_mesh(shape: Sequence[int], devices=None) -> Mesh:
-  """A ('data', 'fsdp', 'tensor') mesh; one entry may be -1 (= the remaining devices)."""
-  devices = jax.devices() if devices is None else list(devices)
+def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> list[int]:
+  """Checks a ('data', 'fsdp', 'tensor') shape against the device count; fills one -1."""
   shape = list(shape)
   if len(shape) != 3:
     raise ValueError(f'mesh shape needs 3 entries for {MESH_AXES}, got {shape}')
   if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
     raise ValueError(f'mesh shape {shape}: sizes must be positive, at most one -1')
   known = math.prod(s for s in shape if s != -1)
-  if len(devices) % known:
-    raise ValueError(f'mesh shape {shape} does not divide the {len(devices)} devices')
-  shape = [len(devices) // known if s == -1 else s for s in shape]
-  if math.prod(shape) != len(devices):
+  if num_devices % known:
+    raise ValueError(f'mesh shape {shape} does not divide the {num_devices} devices')
+  shape = [num_devices // known if s == -1 else s for s in shape]
+  if math.prod(shape) != num_devices:
     raise ValueError(f'mesh shape {shape} uses {math.prod(shape)} devices but '
-                     f'{len(devices)} are available')
+                     f'{num_devices} are available')
+  return shape
+
+
+def make_mesh(shape: Sequence[int], devices=None) -> Mesh:
+  """A ('data', 'fsdp', 'tensor') mesh; one entry may be -1 (= the remaining devices)."""
+  devices = jax.devices() if devices is None else list(devices)
+  shape = resolve_mesh_shape(shape, len(devices))
   return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+
+
+def traced_under(mesh: Mesh | None, rules, fn):
+  """Wraps `fn` so that it is traced under the mesh and logical rules (wrap before jax.jit)."""
+  def wrapped(*args, **kwargs):
+    with use(mesh, rules):
+      return fn(*args, **kwargs)
+  return wrapped
 
 
 def _resolve(name, rules):

@@ -1,0 +1,83 @@
+"""Orbax checkpoints of the whole TrainState plus the data position, with safe fallback.
+
+Layout under `<workdir>/checkpoints/<step>/`: `state` (the TrainState pytree) and `meta`
+(JSON: data-iterator state, training-set fingerprint, config). Restore walks back from the
+newest step to the first one that loads, warning about each broken one, so a checkpoint
+truncated by a kill costs one interval, never the run.
+"""
+import json
+import logging
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+class DataMismatchError(RuntimeError):
+  """The checkpoint was written for a different (or reordered) training set."""
+
+
+class Checkpointer:
+  """Thin wrapper over `ocp.CheckpointManager` (keep the last N, atomic saves)."""
+
+  def __init__(self, workdir: str, keep: int = 3, async_save: bool = False):
+    self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=async_save)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=('state', 'meta'))
+
+  def save(self, step: int, state, meta: dict[str, Any], force: bool = True) -> None:
+    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                    meta=ocp.args.JsonSave(meta)), force=force)
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def steps(self) -> list[int]:
+    self.manager.reload()
+    return sorted(self.manager.all_steps())
+
+  def restore(self, abstract_state, step: int | None = None):
+    """(step, state, meta) of the newest loadable checkpoint, or None when there is none.
+
+    `abstract_state` is a pytree of ShapeDtypeStructs (with shardings) shaped like the state.
+    A checkpoint that fails to load (truncated or deleted files) is skipped with a warning.
+    """
+    candidates = [step] if step is not None else list(reversed(self.steps()))
+    for s in candidates:
+      try:
+        restored = self.manager.restore(s, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        return s, restored['state'], dict(restored['meta'])
+      except Exception as e:  # noqa: BLE001 - any failure means "this step is unusable"
+        log.warning('checkpoint step %d in %s is unreadable (%s: %s); trying an older one',
+                    s, self.directory, type(e).__name__, str(e)[:300])
+        print(f'WARNING: checkpoint step {s} is unreadable ({type(e).__name__}); '
+              'falling back to an older one', flush=True)
+    return None
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def check_data_fingerprint(meta: dict, fingerprint: str, source: str) -> None:
+  """Refuses to resume against a different or reordered training set (state is indexed by id)."""
+  saved = meta.get('data_fingerprint')
+  if saved is not None and saved != fingerprint:
+    raise DataMismatchError(
+        f'the checkpoint was written for a training set with fingerprint {saved[:16]}…, but '
+        f'{source!r} has fingerprint {fingerprint[:16]}…; the difficulty state is indexed by '
+        'question id, so resuming would attach it to the wrong questions. Use the original '
+        'data file (same rows, same order) or start a new workdir.')
+
+
+def dump_json(path: str, obj) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=1, sort_keys=True, default=str)
+  os.replace(tmp, path)

@@ -1,0 +1,76 @@
+"""A hash of the latest checkpoint's whole TrainState: how users and tests check two runs agree.
+
+  python -m ceeh_jax.main --mode=fingerprint --workdir=runs/tiny
+prints `step <N> sha256 <hex>` plus one hash per top-level field (params, opt_state, ...), so a
+mismatch says where two runs diverged.
+"""
+import hashlib
+import os
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+def _hash_tree(tree) -> str:
+  """sha256 over (path, dtype, shape, bytes) of every array leaf, in sorted path order."""
+  h = hashlib.sha256()
+
+  def walk(prefix, node):
+    if isinstance(node, dict):
+      for k in sorted(node, key=str):
+        walk(f'{prefix}/{k}', node[k])
+    elif isinstance(node, (list, tuple)):
+      for i, v in enumerate(node):
+        walk(f'{prefix}/{i}', v)
+    elif node is None:
+      h.update(f'{prefix}:None'.encode())
+    else:
+      a = np.asarray(node)
+      h.update(f'{prefix}:{a.dtype}:{a.shape}'.encode())
+      h.update(np.ascontiguousarray(a).tobytes())
+
+  walk('', tree)
+  return h.hexdigest()
+
+
+def load_latest_state(workdir: str):
+  """(step, state as nested dicts of numpy arrays) of the newest readable checkpoint."""
+  directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'no checkpoints in {directory}')
+  manager = ocp.CheckpointManager(directory, item_names=('state', 'meta'),
+                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  steps = sorted(manager.all_steps(), reverse=True)
+  errors = []
+  for step in steps:
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+      state = restored['state']
+      return step, _to_numpy(state)
+    except Exception as e:  # noqa: BLE001 - fall back to the previous checkpoint
+      errors.append(f'step {step}: {type(e).__name__}')
+  raise FileNotFoundError(f'no readable checkpoint in {directory} ({"; ".join(errors) or "empty"})')
+
+
+def _to_numpy(tree):
+  if isinstance(tree, dict):
+    return {k: _to_numpy(v) for k, v in tree.items()}
+  if isinstance(tree, (list, tuple)):
+    return type(tree)(_to_numpy(v) for v in tree)
+  if hasattr(tree, '__dataclass_fields__'):
+    return {k: _to_numpy(getattr(tree, k)) for k in tree.__dataclass_fields__}
+  return None if tree is None else np.asarray(tree)
+
+
+def fingerprint(workdir: str) -> dict:
+  """{'step', 'sha256', 'parts': {field: sha256}} of the latest checkpoint in `workdir`."""
+  step, state = load_latest_state(workdir)
+  parts = {k: _hash_tree(v) for k, v in sorted(state.items())} if isinstance(state, dict) else {}
+  return {'step': int(step), 'sha256': _hash_tree(state), 'parts': parts}
+
+
+def describe(workdir: str) -> str:
+  fp = fingerprint(workdir)
+  lines = [f"step {fp['step']} sha256 {fp['sha256']}"]
+  lines += [f'  {k:12s} {v}' for k, v in fp['parts'].items()]
+  return '\n'.join(lines)

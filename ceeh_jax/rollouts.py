@@ -1,0 +1,75 @@
+"""Glue between the sampler and the step: prompt encoding, training batches, minibatches.
+
+Token ids flow from the sampler straight into the training batch; text is decoded only for
+grading (never re-tokenized), so the PPO ratio sees exactly the sampled tokens.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ceeh_jax import sampler as sampler_lib
+from ceeh_jax import steps as steps_lib
+from ceeh_jax import tokenizer as tokenizer_lib
+
+
+class PromptTooLongError(ValueError):
+  """A prompt exceeds data.max_prompt_tokens and the policy is 'reject'."""
+
+
+def encode_prompts(tokenizer, examples, *, instruction, think_prefix, max_tokens, overflow,
+                   source='data'):
+  """Chat-formatted token ids per example -> (list[list[int]], number left-truncated).
+
+  overflow='reject' raises naming the row; 'truncate' keeps the last `max_tokens` tokens (the
+  question's end and the generation prompt survive) and counts it.
+  """
+  if overflow not in ('reject', 'truncate'):
+    raise ValueError(f"data.prompt_overflow must be 'reject' or 'truncate', got {overflow!r}")
+  texts = [tokenizer_lib.build_prompt(tokenizer, ex.problem, instruction=instruction,
+                                      think_prefix=think_prefix) for ex in examples]
+  ids = tokenizer_lib.encode_prompts(tokenizer, texts)
+  out, truncated = [], 0
+  for row, (ex, toks) in enumerate(zip(examples, ids)):
+    if len(toks) > max_tokens:
+      if overflow == 'reject':
+        raise PromptTooLongError(
+            f'{source}: row {row + 1} (id {ex.id!r}) has a prompt of {len(toks)} tokens, over '
+            f'data.max_prompt_tokens={max_tokens}. Raise the budget, drop the row, or set '
+            "data.prompt_overflow='truncate' to keep its last tokens.")
+      toks = toks[-max_tokens:]
+      truncated += 1
+    out.append(list(toks))
+  if truncated:
+    print(f'WARNING: {truncated} prompts of {source} were left-truncated to {max_tokens} tokens')
+  return out, truncated
+
+
+def make_batch(prompts, rollout: sampler_lib.Rollout, group_size: int, pad_id: int,
+               bucket: int | None = None) -> steps_lib.Batch:
+  """Training batch for all R = B·G responses (prompt rows repeated G times)."""
+  toks, mask = sampler_lib.pad_prompts(prompts, pad_id, bucket)
+  r, m = rollout.tokens.shape
+  zeros = jnp.zeros((r, m), jnp.float32)
+  return steps_lib.Batch(prompt=jnp.asarray(np.repeat(toks, group_size, 0)),
+                         prompt_mask=jnp.asarray(np.repeat(mask, group_size, 0)),
+                         completion=rollout.tokens, mask=rollout.mask, old_logp=rollout.logps,
+                         ref_logp=zeros, advantages=jnp.zeros((r,), jnp.float32),
+                         hard=jnp.zeros((r,), jnp.float32))
+
+
+def minibatches(batch: steps_lib.Batch, size: int):
+  """Consecutive minibatches of `size` responses (whole groups when size is a multiple of G)."""
+  r = batch.completion.shape[0]
+  if r % size:
+    raise ValueError(f'{r} responses do not split into minibatches of {size}')
+  for start in range(0, r, size):
+    yield jax.tree.map(lambda x: x[start:start + size], batch)
+
+
+def method_extras(config, model_cfg, params, batch, temperature):
+  """Per-token inputs some methods need from a forward pass (ENTRA), else None."""
+  if config.method != 'entra':
+    return None
+  from ceeh_jax import entra_inputs  # pylint: disable=g-import-not-at-top
+  return entra_inputs.compute(params, batch, temperature, model_cfg=model_cfg,
+                              micro_batch=config.micro_batch_size)

@@ -1,0 +1,281 @@
+"""The pure RL step: TrainState, scoring, `rollout_update` and `train_step`.
+
+Shape legend: R responses (B prompts x G samples, prompt-major), P prompt bucket,
+M completion length, Q training questions, n micro-batches.
+
+Everything that decides an update is a pure function of (TrainState, batch) under `jax.jit`:
+  rollout_update — once per rollout batch: difficulty state, rewards, advantages (and step+1);
+  train_step     — once per minibatch: PPO-clip loss − entropy bonus + KL, optax update.
+The trainer (`train.py`) builds the jitted versions with explicit shardings and donation.
+"""
+from typing import Any
+
+import flax
+import flax.traverse_util
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from ceeh_jax import difficulty as difficulty_lib
+from ceeh_jax import losses as losses_lib
+from ceeh_jax import methods as methods_lib
+from ceeh_jax.models import qwen2 as qwen2_lib
+from ceeh_jax.models.config import QwenConfig
+
+CEEH_METHODS = ('ceeh_me', 'ceeh_ea')
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a resumed run needs, as one pytree that crosses jit and orbax."""
+  step: jax.Array        # int32[]: rollout batches consumed
+  params: Any            # full params (base + LoRA adapters when enabled)
+  opt_state: Any         # optimizer state of the trainable subset
+  difficulty: dict       # {'acc_h': f32[Q], 'len_x': f32[Q], 'method': {...history}}
+  rng: jax.Array         # uint32[2] raw PRNG key data (portable through checkpoints)
+  skipped: jax.Array     # int32[]: updates skipped for non-finite loss/grads so far
+
+
+@flax.struct.dataclass
+class Batch:
+  """One minibatch of responses with everything the loss needs."""
+  prompt: jax.Array        # int32[R, P] left-padded prompt tokens
+  prompt_mask: jax.Array   # bool[R, P]
+  completion: jax.Array    # int32[R, M]
+  mask: jax.Array          # bool[R, M] completion mask (EOS included)
+  old_logp: jax.Array      # f32[R, M] behaviour log-probs (temperature-scaled)
+  ref_logp: jax.Array      # f32[R, M] reference log-probs (zeros when beta == 0)
+  advantages: jax.Array    # f32[R]
+  hard: jax.Array          # f32[R] 1 on currently-hard questions
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainable subset and optimizer.
+# ---------------------------------------------------------------------------------------------
+
+def is_trainable(path: tuple[str, ...], lora: bool) -> bool:
+  """With LoRA only adapters train; otherwise everything does."""
+  return (not lora) or path[-1] in ('lora_a', 'lora_b')
+
+
+def split_params(params, lora: bool):
+  """params -> (trainable, frozen) flat dicts keyed by path tuples."""
+  flat = flax.traverse_util.flatten_dict(params)
+  train = {k: v for k, v in flat.items() if is_trainable(k, lora)}
+  frozen = {k: v for k, v in flat.items() if not is_trainable(k, lora)}
+  return train, frozen
+
+
+def merge_params(train, frozen):
+  return flax.traverse_util.unflatten_dict({**frozen, **train})
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """AdamW with warmup + constant/cosine schedule and global-norm clipping."""
+  o = config.optim
+  updates = config.batch_size * config.sampling.num_samples // config.minibatch_size
+  total = max(1, config.total_steps * updates)
+  warmup = min(o.warmup_steps, total)
+  if o.schedule == 'constant':
+    sched = optax.join_schedules([optax.linear_schedule(0.0, o.lr, max(warmup, 1)),
+                                  optax.constant_schedule(o.lr)], [warmup])
+  elif o.schedule == 'cosine':
+    sched = optax.warmup_cosine_decay_schedule(0.0, o.lr, max(warmup, 1), total, o.lr * o.min_lr_ratio)
+  else:
+    raise ValueError(f"optim.schedule must be 'constant' or 'cosine', got {o.schedule!r}")
+  return optax.chain(optax.clip_by_global_norm(o.grad_clip),
+                     optax.adamw(sched, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay))
+
+
+def init_train_state(params, optimizer, num_questions: int, seed: int, lora: bool,
+                     method: str, method_hparams) -> TrainState:
+  train, _ = split_params(params, lora)
+  difficulty = difficulty_lib.init_state(num_questions)
+  difficulty['method'] = methods_lib.init_state(method, num_questions, method_hparams)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(train),
+                    difficulty=difficulty, rng=jax.random.key_data(jax.random.key(seed)),
+                    skipped=jnp.zeros((), jnp.int32))
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring: log-probs and entropy of completions under a policy.
+# ---------------------------------------------------------------------------------------------
+
+def completion_logps(params, model_cfg: QwenConfig, batch: Batch, temperature, *,
+                     lora_on: bool = True, chunk_size: int = 128):
+  """(logp, entropy) f32[R, M] of the completion tokens under the temperature-scaled policy."""
+  p = batch.prompt.shape[1]
+  tokens = jnp.concatenate([batch.prompt, batch.completion], axis=1)
+  key_mask = jnp.concatenate([batch.prompt_mask, batch.mask], axis=1)
+  positions = qwen2_lib.positions_from_mask(
+      jnp.concatenate([batch.prompt_mask, jnp.ones_like(batch.mask)], axis=1))
+  hidden, _ = qwen2_lib.Qwen2(model_cfg).apply({'params': params}, tokens, positions, key_mask,
+                                               return_hidden=True, lora_on=lora_on)
+  # Position t predicts token t+1: completion token j is predicted at P-1+j.
+  hidden = hidden[:, p - 1:-1]
+  return losses_lib.token_logprobs_and_entropy(
+      hidden, qwen2_lib.unembedding(params, model_cfg), batch.completion,
+      temperature=temperature, chunk_size=chunk_size)
+
+
+def score(params, batch: Batch, temperature, *, model_cfg: QwenConfig, micro_batch: int,
+          lora_on: bool = True, chunk_size: int = 128):
+  """Forward-only log-probs f32[R, M], micro-batched (old policy / reference policy)."""
+  mbs = _micro(batch, micro_batch)
+  fn = lambda mb: completion_logps(params, model_cfg, mb, temperature, lora_on=lora_on,
+                                   chunk_size=chunk_size)[0]
+  logp = jax.lax.map(fn, mbs)
+  return logp.reshape(batch.completion.shape)
+
+
+def _micro(tree, micro_batch: int):
+  """Reshapes every leaf [R, ...] -> [R // micro_batch, micro_batch, ...]."""
+  def one(x):
+    if x.shape[0] % micro_batch:
+      raise ValueError(f'minibatch of {x.shape[0]} rows does not split into micro-batches '
+                       f'of {micro_batch}')
+    return x.reshape((x.shape[0] // micro_batch, micro_batch) + x.shape[1:])
+  return jax.tree.map(one, tree)
+
+
+# ---------------------------------------------------------------------------------------------
+# rollout_update: difficulty state, rewards, advantages (once per rollout batch).
+# ---------------------------------------------------------------------------------------------
+
+def rollout_update(state: TrainState, qids, correct, boxed, lengths, truncated, *,
+                   config: ml_collections.ConfigDict, group_size: int, extra=None):
+  """Updates the difficulty state and returns (state, rewards, advantages, hard, metrics).
+
+  qids int32[R]; correct, boxed, truncated bool[R]; lengths int32[R]. `extra` carries
+  per-token inputs of methods that need them (ENTRA: logp and attention received).
+  Rewards use the difficulty state before this batch (DESIGN.md CEEH step 3).
+  """
+  c = config.ceeh
+  diff = state.difficulty
+  new_ceeh, ceeh_rewards, hard, metrics = difficulty_lib.ceeh_step(
+      {'acc_h': diff['acc_h'], 'len_x': diff['len_x']}, qids, correct, boxed, lengths,
+      group_size=group_size, lam=c.length_lambda, min_len_reward=c.length_clamp,
+      acc_up=c.acc_rate_up, acc_down=c.acc_rate_down, len_shorter=c.len_rate_shorter,
+      len_longer=c.len_rate_longer, reward_correct=c.reward_correct, reward_boxed=c.reward_boxed,
+      reward_none=c.reward_none, compat=c.compat)
+  method = config.method
+  step = state.step
+  if method in CEEH_METHODS:
+    rewards, advantages, method_state = ceeh_rewards, None, diff['method']
+  else:
+    inputs = methods_lib.RewardInputs(correct=correct, boxed=boxed, lengths=lengths,
+                                      truncated=truncated, qids=qids, **(extra or {}))
+    out = methods_lib.compute(method, config.method_hparams, inputs, diff['method'], step,
+                              group_size=group_size)
+    rewards, advantages, method_state = out.rewards, out.advantages, out.new_state
+    metrics.update({f'method/{k}': v for k, v in out.metrics.items()})
+  if config.overlong.enabled:
+    penalty = methods_lib.dapo_overlong_penalty(lengths, config.overlong.max_len,
+                                                config.overlong.cache_len)
+    rewards = rewards + penalty
+    metrics['reward/overlong'] = penalty.mean()
+  if advantages is None:
+    advantages = losses_lib.group_advantages(rewards, group_size,
+                                             std_normalize=config.grpo.std_normalize)
+  metrics.update({'reward/mean': rewards.mean(), 'adv/abs_mean': jnp.abs(advantages).mean(),
+                  'acc': correct.mean(), 'boxed': boxed.mean(),
+                  'length': lengths.astype(jnp.float32).mean(),
+                  'truncated': truncated.mean(), 'hard_fraction': hard.mean()})
+  difficulty = {**new_ceeh, 'method': method_state}
+  state = state.replace(step=step + 1, difficulty=difficulty)
+  return state, rewards, advantages, hard.astype(jnp.float32), metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# train_step: one optimizer update on one minibatch (micro-batched, exact).
+# ---------------------------------------------------------------------------------------------
+
+def entropy_schedule(config, step):
+  """(entropy coefficient, hard weight) at RL iteration `step` (CEEH-ME, DESIGN.md step 5)."""
+  c = config.ceeh
+  total = config.total_steps
+  if c.entropy_schedule == 'cosine':
+    return losses_lib.cosine_decay(c.entropy_coef, step, total), jnp.float32(c.hard_weight)
+  if c.entropy_schedule == 'anneal_weight':
+    return jnp.float32(c.entropy_coef), losses_lib.hard_weight_anneal(step, total,
+                                                                      start=c.hard_weight, end=1.0)
+  if c.entropy_schedule == 'constant':
+    return jnp.float32(c.entropy_coef), jnp.float32(c.hard_weight)
+  raise ValueError(f'unknown ceeh.entropy_schedule {c.entropy_schedule!r}')
+
+
+def train_step(state: TrainState, batch: Batch, temperature, *, config: ml_collections.ConfigDict,
+               model_cfg: QwenConfig, optimizer: optax.GradientTransformation):
+  """PPO-clip (+ KL, − CEEH-ME entropy bonus) gradient step -> (state, metrics)."""
+  g = config.grpo
+  lora = model_cfg.lora_rank > 0
+  it = state.step - 1  # rollout_update already advanced the step for this batch
+  ent_coef, hard_weight = entropy_schedule(config, it)
+  use_me = config.method == 'ceeh_me' and config.ceeh.entropy_coef > 0
+  use_ea = config.method == 'ceeh_ea'
+  use_kl = g.kl_coef > 0
+  t_max = batch.completion.shape[1]
+
+  # Denominators of the whole minibatch first, so micro-batch sums add up exactly.
+  _, pg_den = losses_lib.aggregate(jnp.zeros(batch.mask.shape), batch.mask, g.aggregation,
+                                   max_len=t_max)
+  w = jnp.where(batch.hard[:, None] > 0, hard_weight, 1.0) * batch.mask
+  ent_den = jnp.maximum(w.sum(), 1.0)
+
+  train, frozen = split_params(state.params, lora)
+
+  def loss_fn(train_params, mb: Batch):
+    params = merge_params(train_params, frozen)
+    logp, ent = completion_logps(params, model_cfg, mb, temperature, chunk_size=config.logp_chunk)
+    adv = jnp.broadcast_to(mb.advantages[:, None], logp.shape)
+    if use_ea:
+      adv = losses_lib.ceeh_ea_advantages(adv, ent, mb.hard, alpha=config.ceeh.ea_alpha)
+    pg_tok, clip = losses_lib.ppo_clip_loss(logp, mb.old_logp, adv, mb.mask, eps_low=g.eps_low,
+                                            eps_high=g.eps_high, dual_clip=g.dual_clip)
+    pg_sum, _ = losses_lib.aggregate(pg_tok, mb.mask, g.aggregation, max_len=t_max)
+    loss = pg_sum / pg_den
+    m = mb.mask.astype(jnp.float32)
+    aux = {'pg_loss': pg_sum / pg_den, 'entropy_sum': (ent * m).sum(), 'tokens': m.sum()}
+    aux.update({f'clip/{k}': (v * m).sum() for k, v in clip.items()})
+    if use_kl:
+      kl_tok = losses_lib.kl_penalty(logp, mb.ref_logp, g.kl_kind)
+      kl_sum, _ = losses_lib.aggregate(kl_tok, mb.mask, g.aggregation, max_len=t_max)
+      loss = loss + g.kl_coef * kl_sum / pg_den
+      aux['kl'] = kl_sum / pg_den
+    if use_me:
+      ent_sum, _ = losses_lib.ceeh_me_bonus(ent, mb.mask, mb.hard, hard_weight=hard_weight)
+      loss = loss - ent_coef * ent_sum / ent_den
+      aux['entropy_bonus'] = ent_sum / ent_den
+    return loss, aux
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  mbs = _micro(batch, config.micro_batch_size)
+
+  def accumulate(carry, mb):
+    grads, loss, aux = carry
+    (l, a), gr = grad_fn(train, mb)
+    grads = jax.tree.map(jnp.add, grads, gr)
+    aux = jax.tree.map(jnp.add, aux, a)
+    return (grads, loss + l, aux), None
+
+  zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), train)
+  _, aux0 = jax.eval_shape(loss_fn, train, jax.tree.map(lambda x: x[0], mbs))
+  aux0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux0)
+  (grads, loss, aux), _ = jax.lax.scan(accumulate, (zeros, jnp.zeros(()), aux0), mbs)
+
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  updates, new_opt = optimizer.update(grads, state.opt_state, train)
+  new_train = optax.apply_updates(train, updates)
+  # A non-finite loss or gradient skips the update: params and optimizer state stay as they were.
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  new_params = merge_params(keep(new_train, train), frozen)
+  state = state.replace(params=new_params, opt_state=keep(new_opt, state.opt_state),
+                        skipped=state.skipped + (~finite).astype(jnp.int32))
+  tokens = jnp.maximum(aux.pop('tokens'), 1.0)
+  metrics = {'loss': loss, 'grad_norm': grad_norm, 'update_skipped': (~finite).astype(jnp.float32),
+             'entropy': aux.pop('entropy_sum') / tokens, 'entropy_coef': ent_coef,
+             'hard_weight': hard_weight}
+  metrics.update({k: v / tokens if k.startswith('clip/') else v for k, v in aux.items()})
+  return state, metrics

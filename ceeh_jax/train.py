@@ -1,0 +1,250 @@
+"""`train_and_evaluate(config, workdir)`: the RL loop, top to bottom like the algorithm.
+
+mesh -> data -> model & optimizer (eval_shape, sharded init) -> checkpoint restore ->
+loop { rollout (jitted sampler) -> grade (host, bounded) -> rollout_update (jit) ->
+       train_step per minibatch (jit, donated) -> metrics -> eval -> checkpoint }.
+"""
+import functools
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+
+from ceeh_jax import checkpointing as ckpt_lib
+from ceeh_jax import config_check
+from ceeh_jax import data as data_lib
+from ceeh_jax import grading as grading_lib
+from ceeh_jax import hf_io
+from ceeh_jax import methods as methods_lib
+from ceeh_jax import metric_writers
+from ceeh_jax import rollouts as rollouts_lib
+from ceeh_jax import sampler as sampler_lib
+from ceeh_jax import sharding as sharding_lib
+from ceeh_jax import steps as steps_lib
+from ceeh_jax import tokenizer as tokenizer_lib
+from ceeh_jax.models import qwen2 as qwen2_lib
+from ceeh_jax.models.config import QwenConfig
+
+
+class TooManySkippedUpdates(RuntimeError):
+  """Persistent NaN/Inf losses: the run stops instead of silently training on garbage."""
+
+
+def build_model(config, mesh, rules):
+  """(QwenConfig, params) from a HF directory or a random preset, created in their shardings."""
+  m = config.model
+  overrides = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat_policy=m.remat_policy,
+                   decode_chunk=m.decode_chunk, lora_rank=m.lora_rank, lora_alpha=m.lora_alpha,
+                   lora_targets=tuple(m.lora_targets))
+  if m.hf_dir:
+    base_cfg, params = hf_io.load_hf(m.hf_dir, mesh=mesh, rules=rules)
+    model_cfg = base_cfg.replace(**overrides)
+    if model_cfg.lora_rank:  # fresh adapters (B = 0) on top of the loaded base
+      fresh = sharding_lib.init_params(model_cfg, jax.random.key(config.seed + 1), mesh, rules)
+      params = _add_lora(params, fresh)
+    return model_cfg, params
+  model_cfg = QwenConfig.preset(m.preset, **overrides)
+  return model_cfg, sharding_lib.init_params(model_cfg, jax.random.key(config.seed), mesh, rules)
+
+
+def _add_lora(base, fresh):
+  import flax.traverse_util as tu
+  flat = tu.flatten_dict(fresh)
+  flat.update(tu.flatten_dict(base))
+  return tu.unflatten_dict(flat)
+
+
+def load_data(config, tokenizer):
+  """Training and eval examples with their encoded prompts (budget checked at load)."""
+  d = config.data
+  field_map = dict(d.field_map)
+  train, stats = data_lib.load_examples(d.train, field_map=field_map, on_error=d.on_error)
+  if stats.skipped:
+    print(f'data: skipped {stats.skipped} malformed rows of {d.train}: {stats.reasons}')
+  encode = functools.partial(rollouts_lib.encode_prompts, tokenizer,
+                             instruction=d.instruction, think_prefix=d.think_prefix,
+                             max_tokens=d.max_prompt_tokens, overflow=d.prompt_overflow)
+  train_prompts, n_trunc = encode(train, source=d.train)
+  evals, eval_prompts = [], []
+  if d.eval and d.eval_size:
+    evals, _ = data_lib.load_examples(d.eval, field_map=field_map, on_error=d.on_error)
+    evals = evals[:d.eval_size]
+    eval_prompts, _ = encode(evals, source=d.eval)
+  return train, train_prompts, evals, eval_prompts, n_trunc
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs (or resumes) RL training in `workdir`; returns the final metrics record."""
+  config_check.validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  g = config.sampling.num_samples
+
+  # --- Mesh --------------------------------------------------------------------------------
+  rules = sharding_lib.rules_from_config(config.mesh.rules)
+  mesh = sharding_lib.make_mesh(config.mesh.shape)
+
+  # --- Data --------------------------------------------------------------------------------
+  tokenizer = tokenizer_lib.load_tokenizer(config.tokenizer_dir or config.model.hf_dir)
+  train, train_prompts, evals, eval_prompts, n_trunc = load_data(config, tokenizer)
+  fingerprint = data_lib.dataset_fingerprint(train)
+  iterator = data_lib.EpochIterator(len(train), config.batch_size, config.seed)
+  stop_ids = tuple(tokenizer_lib.stop_ids(tokenizer))
+  pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+
+  # --- Model & optimizer -------------------------------------------------------------------
+  model_cfg, params = build_model(config, mesh, rules)
+  lora = model_cfg.lora_rank > 0
+  optimizer = steps_lib.make_optimizer(config)
+  hparams = methods_lib.default_hparams(config.method)
+  hparams.update(dict(config.method_hparams))
+  state = steps_lib.init_train_state(params, optimizer, len(train), config.seed, lora,
+                                     config.method, hparams)
+  ref_params = None
+  if config.grpo.kl_coef > 0 and not lora:  # with LoRA the reference is "adapters off"
+    ref_params = jax.tree.map(jnp.copy, params)
+  del params
+  state_shardings = jax.tree.map(lambda x: x.sharding, state)
+
+  # --- Checkpoint restore ------------------------------------------------------------------
+  ckpt = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
+  writer = metric_writers.MetricWriter(workdir, tensorboard=config.tensorboard)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                          state)
+  restored = ckpt.restore(abstract)
+  if restored is not None:
+    start, state, meta = restored
+    ckpt_lib.check_data_fingerprint(meta, fingerprint, config.data.train)
+    iterator.set_state(meta['iterator'])
+    dropped = writer.truncate_after(start)
+    print(f'resumed from step {start} ({dropped} later log lines dropped)')
+  else:
+    start = 0
+    writer.truncate_after(0)
+
+  # --- Jitted step functions ---------------------------------------------------------------
+  under = functools.partial(sharding_lib.traced_under, mesh, rules)
+  rollout_update = jax.jit(
+      under(functools.partial(steps_lib.rollout_update, config=config, group_size=g)),
+      out_shardings=(state_shardings, None, None, None, None), donate_argnums=(0,))
+  train_step = jax.jit(
+      under(functools.partial(steps_lib.train_step, config=config, model_cfg=model_cfg,
+                              optimizer=optimizer)),
+      out_shardings=(state_shardings, None), donate_argnums=(0,))
+  score = jax.jit(under(functools.partial(steps_lib.score, model_cfg=model_cfg,
+                                          micro_batch=config.micro_batch_size,
+                                          chunk_size=config.logp_chunk)),
+                  static_argnames=('lora_on',))
+  sample_cfg = model_cfg.replace(dtype=config.model.sample_dtype)
+  grader = grading_lib.Grader(num_workers=config.grading.num_workers,
+                              timeout_s=config.grading.timeout_s)
+
+  def rollout(params, prompts, rng, temperature, n, max_new, top_p):
+    cfg = sampler_lib.SampleConfig(max_new_tokens=max_new, temperature=temperature,
+                                   top_p=top_p, top_k=config.sampling.top_k, num_samples=n,
+                                   eos_ids=stop_ids, pad_id=pad_id)
+    view = sampler_lib.sampling_params(params, jnp.dtype(config.model.sample_dtype))
+    return sampler_lib.generate(view, prompts, rng, model_cfg=sample_cfg, cfg=cfg, mesh=mesh,
+                                rules=rules)
+
+  # --- Loop --------------------------------------------------------------------------------
+  record = {}
+  bar = tqdm.tqdm(total=config.total_steps, initial=start, disable=not config.progress,
+                  desc=f'{config.method}', dynamic_ncols=True)
+  for step in range(start, config.total_steps):
+    t0 = time.perf_counter()
+    idx = iterator.next()
+    temperature = methods_lib.sampling_temperature(config.method, hparams, step,
+                                                   config.sampling.temperature)
+    # Rollout: fresh key from the state (checkpointed, so a resumed run draws the same).
+    rng, sample_key = jax.random.split(jax.random.wrap_key_data(state.rng))
+    state = state.replace(rng=jax.random.key_data(rng))
+    ro = rollout(state.params, [train_prompts[i] for i in idx], sample_key, temperature, g,
+                 config.sampling.max_new_tokens, config.sampling.top_p)
+    tokens_np, lengths_np = jax.device_get((ro.tokens, ro.lengths))
+    t1 = time.perf_counter()
+
+    # Grade on the host (bounded per response).
+    texts = tokenizer_lib.decode_completions(tokenizer, tokens_np, lengths_np)
+    answers = [train[i].answer for i in idx for _ in range(g)]
+    grades = grader.grade_batch(texts, answers)
+    correct = np.array([gr.correct for gr in grades])
+    boxed = np.array([gr.boxed for gr in grades])
+    t2 = time.perf_counter()
+
+    # Scores, rewards, advantages.
+    batch = rollouts_lib.make_batch([train_prompts[i] for i in idx], ro, g, pad_id)
+    if config.old_logp == 'recompute':
+      batch = batch.replace(old_logp=score(state.params, batch, jnp.float32(temperature)))
+    if config.grpo.kl_coef > 0:
+      ref = score(ref_params if ref_params is not None else state.params, batch,
+                  jnp.float32(temperature), lora_on=not lora)
+      batch = batch.replace(ref_logp=ref)
+    extra = rollouts_lib.method_extras(config, model_cfg, state.params, batch, temperature)
+    qids = np.repeat(np.asarray(idx, np.int32), g)
+    state, rewards, adv, hard, r_metrics = rollout_update(
+        state, qids, correct, boxed, np.asarray(lengths_np, np.int32),
+        np.asarray(jax.device_get(ro.truncated)), extra=extra)
+    batch = batch.replace(advantages=adv, hard=hard)
+    t3 = time.perf_counter()
+
+    # Minibatch updates.
+    t_metrics = []
+    for mb in rollouts_lib.minibatches(batch, config.minibatch_size):
+      state, m = train_step(state, mb, jnp.float32(temperature))
+      t_metrics.append(m)
+    t_metrics = jax.device_get(t_metrics)
+    t4 = time.perf_counter()
+
+    skipped = int(state.skipped)
+    if skipped > config.max_skipped_updates:
+      raise TooManySkippedUpdates(
+          f'{skipped} updates had a non-finite loss or gradient (limit '
+          f'max_skipped_updates={config.max_skipped_updates}); stopping at step {step + 1}. '
+          'Lower the learning rate or check the data; the last good state is in the '
+          'latest checkpoint.')
+
+    # Metrics.
+    n_tokens = int(lengths_np.sum())
+    record = {k: float(v) for k, v in jax.device_get(r_metrics).items()}
+    record.update({k: float(np.mean([m[k] for m in t_metrics])) for k in t_metrics[0]})
+    record.update({'grade/timeouts': sum(gr.status == 'timeout' for gr in grades),
+                   'grade/errors': sum(gr.status == 'error' for gr in grades),
+                   'time/rollout': t1 - t0, 'time/grade': t2 - t1, 'time/update': t3 - t2,
+                   'time/train': t4 - t3, 'tokens_per_s': n_tokens / max(t1 - t0, 1e-9),
+                   'prompts_truncated': n_trunc, 'updates_skipped_total': skipped,
+                   'temperature': temperature})
+    record = writer.write(step + 1, record)
+    bar.update(1)
+    bar.set_postfix_str(metric_writers.console_line(record))
+
+    # Eval and checkpoint.
+    if evals and config.eval_every and (step + 1) % config.eval_every == 0:
+      ev = evaluate_slice(state.params, evals, eval_prompts, config, rollout, tokenizer,
+                          grader, jax.random.fold_in(sample_key, 1))
+      writer.write(step + 1, ev)
+    if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.total_steps:
+      ckpt.save(step + 1, state, {'iterator': iterator.get_state(),
+                                  'data_fingerprint': fingerprint,
+                                  'config': config.to_json_best_effort()})
+  bar.close()
+  ckpt.close()
+  grader.close()
+  writer.close()
+  return record
+
+
+def evaluate_slice(params, evals, eval_prompts, config, rollout, tokenizer, grader, rng):
+  """ACC / LEN on the held-out slice (the periodic eval hook)."""
+  s = config.sampling
+  ro = rollout(params, eval_prompts, rng, s.eval_temperature, s.eval_num_samples,
+               s.max_new_tokens, s.eval_top_p)
+  tokens, lengths = jax.device_get((ro.tokens, ro.lengths))
+  texts = tokenizer_lib.decode_completions(tokenizer, tokens, lengths)
+  answers = [e.answer for e in evals for _ in range(s.eval_num_samples)]
+  grades = grader.grade_batch(texts, answers)
+  return {'eval/acc': float(np.mean([gr.correct for gr in grades])),
+          'eval/length': float(np.mean(lengths))}
