@@ -205,12 +205,14 @@ def entropy_schedule(config, step):
   raise ValueError(f'unknown ceeh.entropy_schedule {c.entropy_schedule!r}')
 
 
-def train_step(state: TrainState, batch: Batch, temperature, *, config: ml_collections.ConfigDict,
-               model_cfg: QwenConfig, optimizer: optax.GradientTransformation):
-  """PPO-clip (+ KL, − CEEH-ME entropy bonus) gradient step -> (state, metrics)."""
+def minibatch_loss(train_params, frozen, batch: Batch, temperature, it, *,
+                   config: ml_collections.ConfigDict, model_cfg: QwenConfig):
+  """(loss, aux, grads) of one minibatch, accumulated exactly over micro-batches.
+
+  Every aggregate is (sum over micro-batches) / (denominator of the whole minibatch), so the
+  result equals one pass over the full minibatch for every aggregation mode.
+  """
   g = config.grpo
-  lora = model_cfg.lora_rank > 0
-  it = state.step - 1  # rollout_update already advanced the step for this batch
   ent_coef, hard_weight = entropy_schedule(config, it)
   use_me = config.method == 'ceeh_me' and config.ceeh.entropy_coef > 0
   use_ea = config.method == 'ceeh_ea'
@@ -220,10 +222,8 @@ def train_step(state: TrainState, batch: Batch, temperature, *, config: ml_colle
   # Denominators of the whole minibatch first, so micro-batch sums add up exactly.
   _, pg_den = losses_lib.aggregate(jnp.zeros(batch.mask.shape), batch.mask, g.aggregation,
                                    max_len=t_max)
-  w = jnp.where(batch.hard[:, None] > 0, hard_weight, 1.0) * batch.mask
-  ent_den = jnp.maximum(w.sum(), 1.0)
-
-  train, frozen = split_params(state.params, lora)
+  _, ent_den = losses_lib.ceeh_me_bonus(jnp.zeros(batch.mask.shape), batch.mask, batch.hard,
+                                        hard_weight=hard_weight)
 
   def loss_fn(train_params, mb: Batch):
     params = merge_params(train_params, frozen)
@@ -245,8 +245,8 @@ def train_step(state: TrainState, batch: Batch, temperature, *, config: ml_colle
       aux['kl'] = kl_sum / pg_den
     if use_me:
       ent_sum, _ = losses_lib.ceeh_me_bonus(ent, mb.mask, mb.hard, hard_weight=hard_weight)
-      loss = loss - ent_coef * ent_sum / ent_den
-      aux['entropy_bonus'] = ent_sum / ent_den
+      loss = loss - ent_coef * ent_sum / jnp.maximum(ent_den, 1e-9)
+      aux['entropy_bonus'] = ent_sum / jnp.maximum(ent_den, 1e-9)
     return loss, aux
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -254,28 +254,36 @@ def train_step(state: TrainState, batch: Batch, temperature, *, config: ml_colle
 
   def accumulate(carry, mb):
     grads, loss, aux = carry
-    (l, a), gr = grad_fn(train, mb)
-    grads = jax.tree.map(jnp.add, grads, gr)
-    aux = jax.tree.map(jnp.add, aux, a)
-    return (grads, loss + l, aux), None
+    (l, a), gr = grad_fn(train_params, mb)
+    return (jax.tree.map(jnp.add, grads, gr), loss + l, jax.tree.map(jnp.add, aux, a)), None
 
-  zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), train)
-  _, aux0 = jax.eval_shape(loss_fn, train, jax.tree.map(lambda x: x[0], mbs))
+  zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), train_params)
+  _, aux0 = jax.eval_shape(loss_fn, train_params, jax.tree.map(lambda x: x[0], mbs))
   aux0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux0)
   (grads, loss, aux), _ = jax.lax.scan(accumulate, (zeros, jnp.zeros(()), aux0), mbs)
+  aux.update(entropy_coef=ent_coef, hard_weight=hard_weight)
+  return loss, aux, grads
 
+
+def train_step(state: TrainState, batch: Batch, temperature, *, config: ml_collections.ConfigDict,
+               model_cfg: QwenConfig, optimizer: optax.GradientTransformation):
+  """PPO-clip (+ KL, − CEEH-ME entropy bonus) gradient step -> (state, metrics)."""
+  lora = model_cfg.lora_rank > 0
+  it = state.step - 1  # rollout_update already advanced the step for this batch
+  train, frozen = split_params(state.params, lora)
+  loss, aux, grads = minibatch_loss(train, frozen, batch, temperature, it, config=config,
+                                    model_cfg=model_cfg)
   grad_norm = optax.global_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, new_opt = optimizer.update(grads, state.opt_state, train)
   new_train = optax.apply_updates(train, updates)
   # A non-finite loss or gradient skips the update: params and optimizer state stay as they were.
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-  new_params = merge_params(keep(new_train, train), frozen)
-  state = state.replace(params=new_params, opt_state=keep(new_opt, state.opt_state),
+  state = state.replace(params=merge_params(keep(new_train, train), frozen),
+                        opt_state=keep(new_opt, state.opt_state),
                         skipped=state.skipped + (~finite).astype(jnp.int32))
   tokens = jnp.maximum(aux.pop('tokens'), 1.0)
   metrics = {'loss': loss, 'grad_norm': grad_norm, 'update_skipped': (~finite).astype(jnp.float32),
-             'entropy': aux.pop('entropy_sum') / tokens, 'entropy_coef': ent_coef,
-             'hard_weight': hard_weight}
+             'entropy': aux.pop('entropy_sum') / tokens}
   metrics.update({k: v / tokens if k.startswith('clip/') else v for k, v in aux.items()})
   return state, metrics
