@@ -1,0 +1,96 @@
+"""The three calls a researcher needs in a notebook: load, logits, generate.
+
+  import ceeh_jax.api as cj
+  model = cj.load('/ckpt/DeepSeek-R1-Distill-Qwen-1.5B')            # config, params, tokenizer
+  logits = cj.logits(model, tokens, mask)                              # f32[B, T, V]
+  out = cj.generate(model, ['What is 2+2?'], num_samples=4, max_new_tokens=256)
+  out.texts[0][1], out.token_ids[0][1], out.logps[0][1], out.lengths[0][1]
+"""
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ceeh_jax import hf_io
+from ceeh_jax import sampler as sampler_lib
+from ceeh_jax import sharding as sharding_lib
+from ceeh_jax import tokenizer as tokenizer_lib
+from ceeh_jax.models import qwen2 as qwen2_lib
+from ceeh_jax.models.config import QwenConfig
+
+
+@dataclasses.dataclass
+class Model:
+  config: QwenConfig
+  params: Any
+  tokenizer: Any = None
+  mesh: Any = None
+  rules: tuple = sharding_lib.DEFAULT_RULES
+
+
+@dataclasses.dataclass
+class Generations:
+  """Per prompt, per sample (lists of length B, each of length G)."""
+  texts: list[list[str]]
+  token_ids: list[list[list[int]]]
+  logps: list[list[np.ndarray]]
+  lengths: list[list[int]]
+
+
+def load(hf_dir: str, *, mesh=None, rules=sharding_lib.DEFAULT_RULES, tokenizer_dir=None,
+         dtype=None) -> Model:
+  """Loads a HF Qwen2 directory (config, params — onto `mesh` if given — and tokenizer)."""
+  config, params = hf_io.load_hf(hf_dir, mesh=mesh, rules=rules, dtype=dtype)
+  try:
+    tok = tokenizer_lib.load_tokenizer(tokenizer_dir or hf_dir)
+  except (OSError, ValueError):
+    tok = None  # weights-only directory: logits() still works
+  return Model(config, params, tok, mesh, rules)
+
+
+def logits(model: Model, tokens, mask=None):
+  """f32[B, T, V] logits for int32[B, T] tokens; `mask` bool[B, T] marks real (left-padded) tokens."""
+  tokens = jnp.asarray(tokens, jnp.int32)
+  mask = jnp.ones(tokens.shape, bool) if mask is None else jnp.asarray(mask, bool)
+  fn = jax.jit(sharding_lib.traced_under(model.mesh, model.rules, _logits),
+               static_argnames=('config',))
+  return fn(model.params, tokens, mask, config=model.config)
+
+
+def _logits(params, tokens, mask, *, config):
+  out, _ = qwen2_lib.Qwen2(config).apply({'params': params}, tokens,
+                                         qwen2_lib.positions_from_mask(mask), mask)
+  return out
+
+
+def generate(model: Model, prompts: Sequence[str], *, num_samples: int = 1,
+             max_new_tokens: int = 256, temperature: float = 0.6, top_p: float = 0.95,
+             top_k: int = 0, seed: int = 0, chat: bool = True, think_prefix: bool = True,
+             instruction: str | None = None) -> Generations:
+  """Samples `num_samples` completions per text prompt (chat-formatted R1 prompts by default)."""
+  tok = model.tokenizer
+  if tok is None:
+    raise ValueError('this model was loaded without a tokenizer; pass tokenizer_dir to load()')
+  if chat:
+    kw = {} if instruction is None else {'instruction': instruction}
+    texts = [tokenizer_lib.build_prompt(tok, p, think_prefix=think_prefix, **kw) for p in prompts]
+  else:
+    texts = list(prompts)
+  ids = tokenizer_lib.encode_prompts(tok, texts)
+  stops = tuple(tokenizer_lib.stop_ids(tok))
+  pad = tok.pad_token_id if tok.pad_token_id is not None else stops[0]
+  cfg = sampler_lib.SampleConfig(max_new_tokens=max_new_tokens, temperature=temperature,
+                                 top_p=top_p, top_k=top_k, num_samples=num_samples,
+                                 eos_ids=stops, pad_id=pad)
+  ro = sampler_lib.generate(model.params, ids, jax.random.key(seed), model_cfg=model.config,
+                            cfg=cfg, mesh=model.mesh, rules=model.rules)
+  tokens, logps, lengths = jax.device_get((ro.tokens, ro.logps, ro.lengths))
+  decoded = tokenizer_lib.decode_completions(tok, tokens, lengths)
+  g = num_samples
+  rows = lambda seq: [list(seq[i * g:(i + 1) * g]) for i in range(len(prompts))]
+  return Generations(texts=rows(decoded),
+                     token_ids=rows([list(t[:n]) for t, n in zip(tokens, lengths)]),
+                     logps=rows([lp[:n] for lp, n in zip(logps, lengths)]),
+                     lengths=rows([int(n) for n in lengths]))
