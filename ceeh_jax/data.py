@@ -1,34 +1,46 @@
-"""Math problems from local files: loaders, validation, fingerprint, epoch iterator.
+"""Math problems from local files: loading with row validation, fingerprint, epoch iterator.
 
-Sources: a path (.jsonl, .json list, .parquet), `tfds:<name>[:<split>]` (tensorflow-datasets,
-prepared locally), or a vendored benchmark name (see BENCHMARKS). Rows have the schema
-{id, problem, answer} (field names mappable). A malformed row raises DataError naming the file
-and 1-based line; with on_error='skip' it is skipped and counted by reason.
+A source is a path (`.jsonl`, `.json` holding a list of objects, `.parquet`),
+`tfds:<name>[:<split>]` (tensorflow-datasets, imported only then), or the short name of a
+vendored benchmark in `data/` (BENCHMARKS). Rows become `Example(id, problem, answer, meta)`;
+`field_map` renames the file's keys (dotted paths reach into nested objects, and `id: None`
+numbers the rows `<stem>-<index>`). A malformed row raises DataError naming the file and the
+1-based line (JSONL) or row; with `on_error='skip'` it is dropped and counted by reason.
 """
 import collections
 import dataclasses
 import hashlib
 import json
-import os
-from typing import Any
+import math
+import numbers
+import pathlib
+import re
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'data')
+DATA_DIR = pathlib.Path(__file__).resolve().parents[1] / 'data'
 BENCHMARKS = {
     'gsm8k': 'gsm8k.jsonl', 'math500': 'math500.jsonl', 'aime24': 'aime24.jsonl',
     'aime25': 'aime25.jsonl', 'amc23': 'amc23.jsonl', 'minerva': 'minerva_math.jsonl',
-    'olympiadbench': 'olympiadbench.jsonl', 'amc_deepscaler83': 'amc_deepscaler83.jsonl',
+    'minerva_math': 'minerva_math.jsonl', 'olympiadbench': 'olympiadbench.jsonl',
+    'amc83': 'amc_deepscaler83.jsonl', 'amc_deepscaler83': 'amc_deepscaler83.jsonl',
     'deepscaler2k': 'deepscaler_sample2k.jsonl',
+    'deepscaler_sample2k': 'deepscaler_sample2k.jsonl',
 }
+REASONS = ('bad_json', 'bad_utf8', 'not_object', 'missing_field', 'empty_field', 'wrong_type',
+           'duplicate_id', 'problem_too_long')
+_FIELDS = ('id', 'problem', 'answer')
+_TFDS = re.compile(r'tfds:(?P<name>[^:\[]+(?::\d+(?:\.\d+)*)?)(?::(?P<split>.+))?$')
 
 
 class DataError(ValueError):
-  """A malformed data row or file (the message names the file and line)."""
+  """A malformed data file or row; the message names the file and the line or row."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Example:
+  """One problem: `meta` holds the row's other fields (a nested `meta` object flattened)."""
   id: str
   problem: str
   answer: str
@@ -37,6 +49,8 @@ class Example:
 
 @dataclasses.dataclass
 class LoadStats:
+  """What `load_examples` read: rows seen, examples kept, rows skipped by reason."""
+  source: str = ''
   rows: int = 0
   loaded: int = 0
   reasons: collections.Counter = dataclasses.field(default_factory=collections.Counter)
@@ -46,154 +60,249 @@ class LoadStats:
     return sum(self.reasons.values())
 
 
+class _RowError(Exception):
+
+  def __init__(self, reason: str, message: str):
+    super().__init__(message)
+    self.reason = reason
+
+
 def resolve(source: str) -> str:
-  """Benchmark name -> vendored file path; other sources unchanged."""
-  return os.path.join(DATA_DIR, BENCHMARKS[source]) if source in BENCHMARKS else source
+  """A benchmark short name -> its vendored file; anything else unchanged."""
+  return str(DATA_DIR / BENCHMARKS[source]) if source in BENCHMARKS else str(source)
 
 
-def _rows(source: str):
-  """Yields (line_number, raw row or exception) from a file or tfds source."""
-  if source.startswith('tfds:'):
-    yield from _tfds_rows(source)
-    return
-  if not os.path.exists(source):
-    known = ', '.join(sorted(BENCHMARKS))
-    raise FileNotFoundError(f'data source {source!r} does not exist (benchmark names: {known})')
-  if source.endswith('.parquet'):
-    try:
-      import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
-    except ImportError as e:
-      raise ImportError(f'reading {source} needs pyarrow: pip install pyarrow') from e
-    for i, row in enumerate(pq.read_table(source).to_pylist(), 1):
-      yield i, row
-  elif source.endswith('.json'):
-    with open(source, 'rb') as f:
+def _jsonl_rows(path: pathlib.Path) -> Iterator[tuple[str, Any]]:
+  with open(path, 'rb') as f:
+    for lineno, raw in enumerate(f, 1):
+      where = f'{path}:{lineno}'
+      if lineno == 1 and raw.startswith(b'\xef\xbb\xbf'):  # UTF-8 byte-order mark
+        raw = raw[3:]
+      if not raw.strip():
+        continue  # blank lines (a trailing newline) are not rows
       try:
-        rows = json.loads(f.read().decode('utf-8'))
-      except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f'{source}: not a valid UTF-8 JSON file ({e})') from None
-    if not isinstance(rows, list):
-      raise DataError(f'{source}: a .json source must hold a list of objects')
-    for i, row in enumerate(rows, 1):
-      yield i, row
-  else:
-    with open(source, 'rb') as f:
-      for i, raw in enumerate(f, 1):
-        if not raw.strip():
-          continue
-        try:
-          yield i, json.loads(raw.decode('utf-8'))
-        except UnicodeDecodeError:
-          yield i, DataError('invalid UTF-8')
-        except json.JSONDecodeError as e:
-          yield i, DataError(f'invalid JSON ({e.msg})')
+        text = raw.decode('utf-8')
+      except UnicodeDecodeError as e:
+        yield where, _RowError('bad_utf8', f'invalid UTF-8 at byte {e.start} of the line')
+        continue
+      try:
+        yield where, json.loads(text)
+      except json.JSONDecodeError as e:
+        yield where, _RowError('bad_json', f'invalid JSON ({e.msg} at column {e.colno})')
 
 
-def _tfds_rows(source: str):
-  parts = source.split(':')
-  name, split = parts[1], (parts[2] if len(parts) > 2 else 'test')
+def _json_rows(path: pathlib.Path) -> Iterator[tuple[str, Any]]:
+  raw = path.read_bytes()
+  try:
+    rows = json.loads(raw.decode('utf-8-sig'))
+  except UnicodeDecodeError as e:
+    raise DataError(f'{path}: invalid UTF-8 at byte {e.start}') from None
+  except json.JSONDecodeError as e:
+    raise DataError(f'{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})') from None
+  if not isinstance(rows, list):
+    raise DataError(f'{path}: a .json source must hold a list of objects, not a '
+                    f'{type(rows).__name__} (use .jsonl for one object per line)')
+  for i, row in enumerate(rows, 1):
+    yield f'{path}: row {i}', row
+
+
+def _parquet_rows(path: pathlib.Path) -> Iterator[tuple[str, Any]]:
+  try:
+    import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(f'reading {path} needs pyarrow, which is not installed: '
+                      'pip install pyarrow') from e
+  for i, row in enumerate(pq.read_table(path).to_pylist(), 1):
+    yield f'{path}: row {i}', row
+
+
+def _tfds_rows(source: str) -> Iterator[tuple[str, Any]]:
+  m = _TFDS.match(source)
+  if not m:
+    raise ValueError(f'{source!r}: expected tfds:<name>[:<split>], e.g. tfds:gsm8k:test')
+  name, split = m['name'], m['split'] or 'train'
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ImportError(f'{source} needs tensorflow-datasets: pip install tensorflow-datasets') from e
-  ds = tfds.load(name, split=split, download=False)
-  for i, ex in enumerate(tfds.as_numpy(ds), 1):
-    row = {k: (v.decode('utf-8') if isinstance(v, bytes) else v) for k, v in ex.items()}
-    row.setdefault('id', f'{name}-{split}-{i - 1}')
-    if 'question' in row and 'problem' not in row:
-      row['problem'] = row['question']
-    if isinstance(row.get('answer'), str) and '####' in row['answer']:  # gsm8k format
-      row['answer'] = row['answer'].rsplit('####', 1)[1].strip()
-    yield i, row
+    raise ImportError(f'{source} needs tensorflow-datasets (and tensorflow), which are not '
+                      'installed: pip install tensorflow-datasets tensorflow') from e
+  for i, ex in enumerate(tfds.as_numpy(tfds.load(name, split=split)), 1):
+    yield f'{source}: row {i}', dict(ex)
 
 
-def _check(row: Any, fields: dict, max_problem_chars) -> tuple[str | None, Example | None]:
-  if isinstance(row, DataError):
-    return str(row), None
+def _rows(source: str) -> Iterator[tuple[str, Any]]:
+  if source.startswith('tfds:'):
+    return _tfds_rows(source)
+  path = pathlib.Path(source)
+  if not path.is_file():
+    raise FileNotFoundError(f'data source {source!r} is not a file (benchmark names: '
+                            f'{", ".join(sorted(BENCHMARKS))}; or tfds:<name>[:<split>])')
+  readers = {'.jsonl': _jsonl_rows, '.ndjson': _jsonl_rows, '.json': _json_rows,
+             '.parquet': _parquet_rows}
+  if path.suffix not in readers:
+    raise ValueError(f'{source}: unsupported format {path.suffix!r} '
+                     f'(use {", ".join(readers)}, or tfds:<name>)')
+  return readers[path.suffix](path)
+
+
+def _lookup(row: dict, key: str):
+  """row[key], or row['a']['b'] for key 'a.b' when 'a.b' itself is absent."""
+  if key in row:
+    return row[key]
+  node = row
+  for part in key.split('.'):
+    if not isinstance(node, dict) or part not in node:
+      raise _RowError('missing_field', f'missing field {key!r}')
+    node = node[part]
+  return node
+
+
+def _as_text(value, key: str, ours: str) -> str:
+  """A field as a non-empty UTF-8-encodable string; ids may be ints, answers numbers."""
+  if isinstance(value, bytes):  # tensorflow-datasets gives bytes
+    try:
+      value = value.decode('utf-8')
+    except UnicodeDecodeError:
+      raise _RowError('bad_utf8', f'field {key!r} is not valid UTF-8') from None
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (str, numbers.Real)):
+    raise _RowError('wrong_type', f'field {key!r} is a {type(value).__name__}, expected a '
+                    f'string{"" if ours == "problem" else " or a number"}')
+  if not isinstance(value, str):
+    if ours == 'problem' or (ours == 'id' and not isinstance(value, numbers.Integral)):
+      raise _RowError('wrong_type', f'field {key!r} is a {type(value).__name__}, expected a '
+                      f'string{" or an integer" if ours == "id" else ""}')
+    if not math.isfinite(value):
+      raise _RowError('wrong_type', f'field {key!r} is {value}, expected a finite number')
+    # amc answers come as 27.0: an integral float is written as the integer.
+    value = str(int(value)) if float(value).is_integer() else repr(float(value))
+  if not value.strip():
+    raise _RowError('empty_field', f'field {key!r} is empty')
+  try:
+    value.encode('utf-8')
+  except UnicodeEncodeError:
+    raise _RowError('bad_utf8', f'field {key!r} holds a lone surrogate (\\ud800-style '
+                    'escape), which is not text') from None
+  return value
+
+
+def _example(row, index: int, fields: dict, stem: str, max_problem_chars) -> Example:
+  if isinstance(row, _RowError):
+    raise row
   if not isinstance(row, dict):
-    return f'row is a {type(row).__name__}, expected an object', None
+    raise _RowError('not_object', f'row is a {type(row).__name__}, expected an object')
   vals = {}
-  for ours, theirs in fields.items():
-    if theirs not in row:
-      return f'missing field {theirs!r}', None
-    v = row[theirs]
-    if ours == 'id' and isinstance(v, int) and not isinstance(v, bool):
-      v = str(v)
-    if ours == 'answer' and isinstance(v, (int, float)) and not isinstance(v, bool):
-      v = str(v)
-    if not isinstance(v, str):
-      return f'field {theirs!r} is a {type(v).__name__}, expected a string', None
-    if not v.strip():
-      return f'field {theirs!r} is empty', None
-    vals[ours] = v
-  if max_problem_chars and len(vals['problem']) > max_problem_chars:
-    return f'problem has {len(vals["problem"])} characters (limit {max_problem_chars})', None
-  meta = row.get('meta') if isinstance(row.get('meta'), dict) else {}
-  return None, Example(vals['id'], vals['problem'], vals['answer'], meta)
+  for ours in _FIELDS:
+    key = fields[ours]
+    vals[ours] = f'{stem}-{index}' if key is None else _as_text(_lookup(row, key), key, ours)
+  if max_problem_chars is not None and len(vals['problem']) > max_problem_chars:
+    raise _RowError('problem_too_long', f'problem has {len(vals["problem"])} characters, '
+                    f'over max_problem_chars={max_problem_chars}')
+  used = {k.split('.')[0] if k not in row else k for k in fields.values() if k is not None}
+  meta = {k: v for k, v in row.items() if k not in used and k != 'meta'}
+  if isinstance(row.get('meta'), dict) and 'meta' not in used:
+    meta.update({k: v for k, v in row['meta'].items() if k not in meta})
+  elif 'meta' in row and 'meta' not in used:
+    meta['meta'] = row['meta']
+  return Example(vals['id'], vals['problem'], vals['answer'], meta)
 
 
-def load_examples(source: str, *, field_map=None, on_error: str = 'raise',
-                  max_problem_chars: int | None = 200_000):
-  """-> (list[Example], LoadStats). Raises DataError (file:line) or skips and counts."""
+def load_examples(source: str, *, field_map: Mapping[str, str | None] | None = None,
+                  on_error: str = 'raise',
+                  max_problem_chars: int | None = None) -> tuple[list[Example], LoadStats]:
+  """Reads and validates every row of `source` -> (examples in file order, LoadStats).
+
+  Args:
+    source: a path, `tfds:<name>[:<split>]`, or a benchmark name (BENCHMARKS).
+    field_map: our name ('id', 'problem', 'answer') -> the file's key (dotted for nested);
+      unnamed fields map to themselves; `'id': None` numbers rows `<stem>-<0-based index>`.
+    on_error: 'raise' (DataError naming file and line) or 'skip' (counted in LoadStats).
+    max_problem_chars: longer problems are malformed rows ('problem_too_long').
+  """
   if on_error not in ('raise', 'skip'):
     raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-  fields = {'id': 'id', 'problem': 'problem', 'answer': 'answer'}
-  fields.update(dict(field_map or {}))
+  fields = {k: k for k in _FIELDS}
+  for ours, theirs in dict(field_map or {}).items():
+    if ours not in _FIELDS or (theirs is None and ours != 'id'):
+      raise ValueError(f'field_map maps our names {_FIELDS} to the file\'s keys (only id may '
+                       f'be None); got {ours!r}: {theirs!r}')
+    fields[ours] = theirs
   path = resolve(source)
-  out, seen, stats = [], set(), LoadStats()
-  for line, row in _rows(path):
-    stats.rows += 1
-    err, ex = _check(row, fields, max_problem_chars)
-    if err is None and ex.id in seen:
-      err = f'duplicate id {ex.id!r}'
-    if err is not None:
+  stem = pathlib.Path(path).stem if not path.startswith('tfds:') else path[5:]
+  examples, first_seen = [], {}
+  stats = LoadStats(source=path)
+  for where, row in _rows(path):
+    try:
+      ex = _example(row, stats.rows, fields, stem, max_problem_chars)
+      if ex.id in first_seen:
+        raise _RowError('duplicate_id', f'duplicate id {ex.id!r} (first at {first_seen[ex.id]})')
+    except _RowError as e:
       if on_error == 'raise':
-        raise DataError(f'{path}:{line}: {err}')
-      stats.reasons[err.split(' (')[0] if 'JSON' in err else err.split("'")[0].strip()] += 1
+        raise DataError(f'{where}: {e}') from None
+      stats.reasons[e.reason] += 1
       continue
-    seen.add(ex.id)
-    out.append(ex)
-  stats.loaded = len(out)
-  if not out:
-    raise DataError(f'{path}: no usable rows ({stats.rows} read, {stats.skipped} skipped)')
-  return out, stats
+    finally:
+      stats.rows += 1
+    first_seen[ex.id] = where
+    examples.append(ex)
+  stats.loaded = len(examples)
+  if not examples:
+    raise DataError(f'{path}: no usable rows ({stats.rows} read, skipped by reason: '
+                    f'{dict(stats.reasons)})')
+  return examples, stats
 
 
 def dataset_fingerprint(examples) -> str:
   """sha256 over the ids in order: the difficulty state is indexed by this order."""
   h = hashlib.sha256()
   for ex in examples:
-    h.update(ex.id.encode('utf-8', 'surrogatepass'))
-    h.update(b'\0')
+    b = ex.id.encode('utf-8', 'surrogatepass')
+    h.update(len(b).to_bytes(8, 'little') + b)  # length-prefixed: ('ab','c') != ('a','bc')
   return h.hexdigest()
 
 
 class EpochIterator:
-  """Batches of indices; each epoch a fresh permutation (no repeats within an epoch).
+  """Endless batches of example indices, int64[batch_size], reshuffled every epoch.
 
-  A batch larger than what is left of an epoch continues into the next epoch's permutation,
-  so a batch repeats an index only when the dataset is smaller than the batch.
-  The state (epoch, position) is JSON-serialisable and checkpointed with the TrainState.
+  Epoch e is a permutation drawn from `np.random.default_rng([seed, e])`. Batches run through
+  the epochs back to back, so every epoch covers every example exactly once. When a batch
+  straddles two epochs, the new epoch starts with examples not already in that batch (a
+  reordering inside its first `batch_size` places; `exclude` in the state), so no batch
+  repeats an index unless the dataset is smaller than a batch, in which case batches are
+  plain runs of successive permutations. `get_state()` is JSON-serialisable; `set_state` of a
+  saved state continues with exactly the batches of an uninterrupted run.
   """
 
   def __init__(self, num_examples: int, batch_size: int, seed: int):
-    if num_examples <= 0 or batch_size <= 0:
-      raise ValueError(f'need num_examples > 0 and batch_size > 0, got {num_examples}, {batch_size}')
-    self.n, self.batch_size, self.seed = num_examples, batch_size, seed
-    self.epoch, self.position = 0, 0
+    if num_examples < 1 or batch_size < 1 or seed < 0:
+      raise ValueError('EpochIterator needs num_examples >= 1, batch_size >= 1, seed >= 0; '
+                       f'got {num_examples}, {batch_size}, {seed}')
+    self.num_examples, self.batch_size, self.seed = int(num_examples), int(batch_size), int(seed)
+    self.epoch, self.position, self._exclude = 0, 0, []
+    self._order = self._epoch_order(0, [])
 
-  def _perm(self, epoch: int) -> np.ndarray:
-    return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+  def _epoch_order(self, epoch: int, exclude: list[int]) -> np.ndarray:
+    perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+    if not exclude:
+      return perm
+    # The batch still needs `need` indices: the first `need` of this epoch not in `exclude`.
+    # Only the first batch_size places move, and they hold at least `need` such indices.
+    need, block = self.batch_size - len(exclude), perm[:self.batch_size]
+    fresh = ~np.isin(block, exclude)
+    head = np.flatnonzero(fresh)[:need]
+    rest = np.setdiff1d(np.arange(self.batch_size), head, assume_unique=True)
+    return np.concatenate([block[head], block[rest], perm[self.batch_size:]])
 
   def next(self) -> np.ndarray:
+    """The next batch: int64[batch_size] indices into the examples."""
     out = []
     while len(out) < self.batch_size:
-      perm = self._perm(self.epoch)
-      take = min(self.batch_size - len(out), self.n - self.position)
-      out.extend(perm[self.position:self.position + take].tolist())
+      take = min(self.batch_size - len(out), self.num_examples - self.position)
+      out.extend(self._order[self.position:self.position + take].tolist())
       self.position += take
-      if self.position == self.n:
-        self.epoch, self.position = self.epoch + 1, 0
+      if self.position == self.num_examples:
+        straddle = len(out) < self.batch_size and self.num_examples >= self.batch_size
+        self.epoch, self.position, self._exclude = self.epoch + 1, 0, out[:] if straddle else []
+        self._order = self._epoch_order(self.epoch, self._exclude)
     return np.asarray(out, np.int64)
 
   __next__ = next
@@ -202,10 +311,19 @@ class EpochIterator:
     return self
 
   def get_state(self) -> dict:
-    return {'epoch': self.epoch, 'position': self.position, 'seed': self.seed, 'n': self.n,
-            'batch_size': self.batch_size}
+    return {'epoch': self.epoch, 'position': self.position, 'exclude': list(self._exclude),
+            'seed': self.seed, 'num_examples': self.num_examples, 'batch_size': self.batch_size}
 
-  def set_state(self, state: dict) -> None:
-    if state.get('n', self.n) != self.n:
-      raise DataError(f"iterator state is for {state['n']} examples, the data has {self.n}")
-    self.epoch, self.position = int(state['epoch']), int(state['position'])
+  def set_state(self, state: Mapping[str, Any]) -> None:
+    """Restores `get_state()`; refuses a state saved for other data, batch size or seed."""
+    for key in ('num_examples', 'batch_size', 'seed'):
+      if key in state and int(state[key]) != getattr(self, key):
+        raise ValueError(f'iterator state was saved with {key}={state[key]}, this run has '
+                         f'{getattr(self, key)}; resuming would give different batches')
+    epoch, position = int(state['epoch']), int(state['position'])
+    if epoch < 0 or not 0 <= position < self.num_examples:
+      raise ValueError(f'iterator state out of range: epoch={epoch}, position={position} '
+                       f'for {self.num_examples} examples')
+    self.epoch, self.position = epoch, position
+    self._exclude = [int(i) for i in state.get('exclude', [])]
+    self._order = self._epoch_order(epoch, self._exclude)

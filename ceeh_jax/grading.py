@@ -1,233 +1,430 @@
-"""Grading model outputs with math-verify, bounded in time.
+"""Grades model outputs against reference answers with math-verify, bounded in time.
 
-The answer is the content of the last `\\boxed{...}` after the last `</think>` (a response that
-opens `<think>` and never closes it has no answer). math-verify compares it with the
-reference. Every grading runs in a worker process that is killed and replaced when it
-exceeds its time budget, so a pathological output (sympy on a 10,000-digit power, a huge
-LaTeX blob) costs one timeout and a score of 0, never a stuck run.
+The final answer is the content of the last `\\boxed{...}` (or `\\fbox{...}`, or `\\boxed x`)
+after the last `</think>`; a response that opens `<think>` and never closes it has no answer.
+Correct means `math_verify.verify(parse(\\boxed{reference}), parse(\\boxed{answer}))`.
+
+Grading is the one host step of a training iteration (DESIGN.md), and sympy can hang in C
+code that no Python signal interrupts. `Grader` keeps worker processes: a task has a soft
+deadline (SIGALRM in the worker: status 'timeout', worker kept) and a hard one,
+`timeout_s + kill_grace_s`, when the parent SIGKILLs the worker and starts another. Workers
+are fresh interpreters from `subprocess` (fork+exec): never a `fork()` of a parent running
+JAX threads, nor a re-import of its `__main__` (multiprocessing 'spawn' would pull jax and
+the model into each worker). They import only math-verify, in about a second.
+
+Pre-filter in the parent: no box => 'no_box' without math-verify; an answer longer than
+`max_answer_chars` (2000; the longest vendored reference has 210) => wrong, status 'error'
+(huge expressions are where sympy hangs and eats memory). Identical (answer, reference)
+pairs are verified once per batch; 'ok' verdicts are cached (G samples often agree).
 """
+import collections
 import dataclasses
-import json
+import functools
+import logging
+import multiprocessing.connection as mp_connection
 import os
-import selectors
+import pathlib
+import re
+import signal
 import subprocess
 import sys
+import threading
 import time
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
-MAX_ANSWER_CHARS = 2000  # longer "answers" are junk: scored wrong without calling math-verify
+MAX_ANSWER_CHARS = 2000
+_REPO_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
 
 
-@dataclasses.dataclass(frozen=True)
-class Grade:
+class Grade(NamedTuple):
+  """One graded response; status is 'ok' | 'timeout' | 'error' | 'no_box'."""
   correct: bool
   boxed: bool
   extracted: str | None
-  status: str  # 'ok' | 'no_box' | 'timeout' | 'error'
-
-
-def _last_boxed(text: str) -> str | None:
-  """Content of the last \\boxed{...} / \\fbox{...} with balanced braces (linear time)."""
-  best = None
-  for macro in ('\\boxed', '\\fbox'):
-    start = text.rfind(macro)
-    while start != -1:
-      i = start + len(macro)
-      while i < len(text) and text[i] == ' ':
-        i += 1
-      if i < len(text) and text[i] == '{':
-        depth, j = 0, i
-        while j < len(text):
-          ch = text[j]
-          if ch == '{':
-            depth += 1
-          elif ch == '}':
-            depth -= 1
-            if depth == 0:
-              break
-          j += 1
-        if depth == 0 and (best is None or start > best[0]):
-          best = (start, text[i + 1:j])
-        break
-      start = text.rfind(macro, 0, start)
-  return None if best is None else best[1]
-
-
-def extract_final_answer(text: str) -> str | None:
-  """The last boxed answer after `</think>`; None if absent or thinking never ended."""
-  if '</think>' in text:
-    text = text.rsplit('</think>', 1)[1]
-  elif '<think>' in text:
-    return None
-  return _last_boxed(text)
-
-
-def _as_math(s: str) -> str:
-  s = s.strip()
-  if s.startswith('$') and s.endswith('$'):
-    return s
-  return f'${s}$'
-
-
-def grade_in_process(response: str, reference: str) -> Grade:
-  """Grades one response in this process (no hard time bound: use `Grader` for that)."""
-  try:
-    extracted = extract_final_answer(response)
-  except Exception:  # noqa: BLE001
-    return Grade(False, False, None, 'error')
-  if extracted is None:
-    return Grade(False, False, None, 'no_box')
-  if not extracted.strip() or len(extracted) > MAX_ANSWER_CHARS:
-    return Grade(False, True, extracted[:200], 'error')
-  try:
-    import math_verify  # pylint: disable=g-import-not-at-top
-    gold = math_verify.parse(_as_math(reference), parsing_timeout=None)
-    pred = math_verify.parse(_as_math(extracted), parsing_timeout=None)
-    ok = bool(math_verify.verify(gold, pred, timeout_seconds=None)) if gold and pred else False
-    if not ok and extracted.strip() == reference.strip():
-      ok = True  # text answers math-verify cannot parse: exact string match
-    return Grade(ok, True, extracted, 'ok')
-  except Exception:  # noqa: BLE001 - any failure of the grader scores 0
-    return Grade(False, True, extracted, 'error')
-
-
-def _worker_main():
-  """Worker loop (`python -m ceeh_jax.grading`): one JSON request per line in, one out."""
-  for line in sys.stdin:
-    idx, response, reference = json.loads(line)
-    g = grade_in_process(response, reference)
-    sys.stdout.write(json.dumps([idx, dataclasses.astuple(g)]) + '\n')
-    sys.stdout.flush()
+  status: str
 
 
 @dataclasses.dataclass
 class GradeStats:
-  graded: int = 0
+  """Counts over graded responses (cumulative on `Grader.stats`, per call on `last_stats`)."""
+  total: int = 0
+  correct: int = 0
+  no_box: int = 0
   timeouts: int = 0
   errors: int = 0
+  cache_hits: int = 0
+  worker_restarts: int = 0
+  seconds: float = 0.0
+
+  def add(self, other: 'GradeStats') -> None:
+    for f in dataclasses.fields(self):
+      setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+  def as_dict(self, prefix: str = 'grade/') -> dict:
+    return {prefix + k: v for k, v in dataclasses.asdict(self).items()}
+
+
+# --- Answer extraction ------------------------------------------------------------------------
+
+# One token per structural character: a box opener, an escaped `\{` `\}` `\\` (literal in TeX,
+# so they never open or close a group), or a bare brace. One regex pass: linear in the text.
+_TOKENS = re.compile(r'\\(?:boxed|fbox)\s*\{|\\boxed(?=\s)|\\[\\{}]|[{}]')
+_SPACE_ARG = re.compile(r'\s*([^\s$]+)')
+
+
+def extract_final_answer(text: str, *, require_think_close: bool = False) -> str | None:
+  """Content of the last complete box after the last `</think>`, stripped; None if none.
+
+  `<think>` without `</think>` means the model never finished thinking: None. Set
+  `require_think_close` when the prompt itself ends in `<think>` (R1 template), so a
+  completion without `</think>` is unfinished too. Unclosed boxes are ignored; of nested
+  boxes the innermost (last opened) wins.
+  """
+  close = text.rfind('</think>')
+  if close >= 0:
+    text = text[close + len('</think>'):]
+  elif require_think_close or '<think>' in text:
+    return None
+  hits = [i for i in (text.find('\\boxed'), text.find('\\fbox')) if i >= 0]
+  if not hits:
+    return None
+  start = min(hits)  # braces before the first box cannot close a box
+  while start > 0 and text[start - 1] == '\\':  # but start on a whole run of backslashes
+    start -= 1
+  stack = []  # per open brace: (box start, content start), or None for a plain group
+  best = None  # (box start, content start, content end) of the last-opened complete box
+  for m in _TOKENS.finditer(text, start):
+    tok = m.group()
+    if tok == '{':
+      stack.append(None)
+    elif tok == '}':
+      top = stack.pop() if stack else None
+      if top is not None and (best is None or top[0] > best[0]):
+        best = (top[0], top[1], m.start())
+    elif tok == '\\boxed':  # `\boxed 5`: the argument runs to whitespace or `$`
+      arg = _SPACE_ARG.match(text, m.end())
+      if arg and (best is None or m.start() > best[0]):
+        best = (m.start(), arg.start(1), arg.end(1))
+    elif tok[-1] == '{' and len(tok) > 2:  # \boxed{ or \fbox{
+      stack.append((m.start(), m.end()))
+  return None if best is None else text[best[1]:best[2]].strip()
+
+
+def _screen(response, reference, max_chars, require_think_close):
+  """(final Grade, None) when math-verify is not needed, else (None, extracted answer)."""
+  if not isinstance(response, str) or not isinstance(reference, str):
+    return Grade(False, False, None, 'error'), None
+  try:
+    extracted = extract_final_answer(response, require_think_close=require_think_close)
+  except Exception:  # pylint: disable=broad-except  (MemoryError on absurd inputs)
+    return Grade(False, False, None, 'error'), None
+  if extracted is None:
+    return Grade(False, False, None, 'no_box'), None
+  if len(extracted) > max_chars:
+    return Grade(False, True, extracted, 'error'), None
+  if not extracted:  # `\boxed{}`: boxed, trivially wrong
+    return Grade(False, True, extracted, 'ok'), None
+  return None, extracted
+
+
+# --- math-verify, in whichever process runs it ------------------------------------------------
+
+class _SoftTimeout(BaseException):
+  """Raised by SIGALRM; a BaseException so math-verify's `except Exception` cannot eat it."""
+
+
+def _raise_soft_timeout(signum, frame):
+  raise _SoftTimeout()
+
+
+class _QuietTimeoutNotice(logging.Filter):
+  """math-verify warns once that its own timeout is off; we bound the time ourselves."""
+
+  def filter(self, record):
+    return not record.getMessage().startswith('Timeout is disabled')
+
+
+@functools.cache
+def _math_verify():
+  import math_verify  # pylint: disable=g-import-not-at-top  (sympy: a second to import)
+  for name in ('math_verify.parser', 'math_verify.grader'):
+    logging.getLogger(name).addFilter(_QuietTimeoutNotice())
+  return math_verify
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse_reference(reference: str) -> tuple:
+  # \boxed{} rather than $...$: references such as `a+$ $b` (minerva) or `$69$,$84$`
+  # (olympiadbench multi-answer) carry dollar signs of their own.
+  return tuple(_math_verify().parse('\\boxed{' + reference + '}', parsing_timeout=None))
+
+
+def _verify(extracted: str, reference: str) -> bool:
+  mv = _math_verify()
+  gold = list(_parse_reference(reference))
+  pred = mv.parse('\\boxed{' + extracted + '}', parsing_timeout=None)
+  return bool(mv.verify(gold, pred, timeout_seconds=None))
+
+
+def _verify_soft(extracted: str, reference: str, timeout_s: float | None) -> tuple[bool, str]:
+  """(correct, status) under a SIGALRM deadline when on a main thread (else unbounded)."""
+  use_alarm = bool(timeout_s and hasattr(signal, 'setitimer')
+                   and threading.current_thread() is threading.main_thread())
+  old = signal.signal(signal.SIGALRM, _raise_soft_timeout) if use_alarm else None
+  try:
+    try:
+      if use_alarm:
+        signal.setitimer(signal.ITIMER_REAL, timeout_s)
+      return _verify(extracted, reference), 'ok'
+    finally:
+      if use_alarm:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+  except _SoftTimeout:
+    return False, 'timeout'
+  except Exception:  # pylint: disable=broad-except  (RecursionError, MemoryError, sympy bugs)
+    return False, 'error'
+
+
+def grade(response: str, reference: str, timeout_s: float | None = 5.0, *,
+          max_answer_chars: int = MAX_ANSWER_CHARS, require_think_close: bool = False) -> Grade:
+  """Grades one response in this process; never raises.
+
+  The bound is a SIGALRM soft deadline: main thread only, and it cannot stop C code. Training
+  uses `Grader` (worker processes, hard kill).
+  """
+  done, extracted = _screen(response, reference, max_answer_chars, require_think_close)
+  if done is not None:
+    return done
+  correct, status = _verify_soft(extracted, reference, timeout_s)
+  return Grade(correct, True, extracted, status)
+
+
+# --- The bounded worker pool ------------------------------------------------------------------
+
+def _worker_main(rfd: int, wfd: int, memory_limit_mb: int) -> None:
+  """Worker loop: sends ('ready', pid), then (tag, correct, status) per (tag, answer, ref, s)."""
+  import warnings  # pylint: disable=g-import-not-at-top
+  signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
+  warnings.simplefilter('ignore')
+  logging.getLogger('math_verify').setLevel(logging.ERROR)
+  rx = mp_connection.Connection(rfd, writable=False)
+  tx = mp_connection.Connection(wfd, readable=False)
+  if memory_limit_mb:  # a runaway bignum gets MemoryError (status 'error'), not the host's RAM
+    import resource  # pylint: disable=g-import-not-at-top
+    resource.setrlimit(resource.RLIMIT_AS, (memory_limit_mb << 20, memory_limit_mb << 20))
+  try:
+    _verify('1', '1')  # import sympy and build the LaTeX grammar before saying 'ready'
+  except BaseException as e:  # pylint: disable=broad-except
+    tx.send(('fail', repr(e)))
+    return
+  tx.send(('ready', os.getpid()))
+  while True:
+    try:
+      msg = rx.recv()
+    except (EOFError, OSError):  # the parent is gone
+      return
+    if msg is None:
+      return
+    tag, extracted, reference, timeout_s = msg
+    tx.send((tag, *_verify_soft(extracted, reference, timeout_s)))
+
+
+_WORKER_CODE = ('import sys; sys.path.insert(0, sys.argv[1]); from ceeh_jax import grading; '
+                'grading._worker_main(*map(int, sys.argv[2:5]))')
+
+
+class _Worker:
+  """One worker process and the parent's ends of its two pipes."""
+
+  def __init__(self, memory_limit_mb: int | None):
+    from_parent, to_child = os.pipe()
+    from_child, to_parent = os.pipe()
+    self.proc = subprocess.Popen(
+        [sys.executable, '-c', _WORKER_CODE, _REPO_ROOT, str(from_parent), str(to_parent),
+         str(memory_limit_mb or 0)],
+        pass_fds=(from_parent, to_parent), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    os.close(from_parent)
+    os.close(to_parent)
+    self.tx = mp_connection.Connection(to_child, readable=False)
+    self.rx = mp_connection.Connection(from_child, writable=False)
+    self.ready, self.started = False, time.monotonic()
+    self.task, self.deadline, self.done = None, 0.0, 0  # task: index being graded
+
+  def stop(self, graceful: bool) -> None:
+    if graceful:
+      try:
+        self.tx.send(None)
+        self.proc.wait(timeout=2.0)
+      except (OSError, subprocess.TimeoutExpired):
+        pass
+    if self.proc.poll() is None:
+      self.proc.kill()
+      self.proc.wait()
+    self.tx.close()
+    self.rx.close()
 
 
 class Grader:
-  """A persistent pool of grading processes with a hard per-response time limit.
+  """A persistent pool of grading processes with a hard per-response time bound.
 
-  Workers are plain subprocesses (`python -m ceeh_jax.grading`) speaking JSON lines: no fork
-  of a process that holds JAX threads, no re-import of the caller's main module.
-  num_workers=0 grades in-process (fast start, no hard bound; for tests and tiny evals).
+    with Grader(num_workers=2, timeout_s=5.0) as grader:
+      grades = grader.grade_batch(texts, answers)   # list[Grade], in order
+      grader.last_stats.timeouts, grader.stats.errors
+
+  Once a worker picks a response up it answers within `timeout_s` (soft: worker kept) or is
+  killed at `timeout_s + kill_grace_s` and replaced. Workers start in `__init__`, in the
+  background. `num_workers=0` grades in this process (soft bound only: tests, small evals).
+  Never raises for response content; RuntimeError only when workers cannot start at all.
   """
 
-  def __init__(self, num_workers: int = 2, timeout_s: float = 5.0):
-    if timeout_s <= 0:
-      raise ValueError(f'timeout_s must be positive, got {timeout_s}')
-    if num_workers < 0:
-      raise ValueError(f'num_workers must be >= 0, got {num_workers}')
-    self.timeout_s = timeout_s
-    self.num_workers = num_workers
-    self.stats = GradeStats()
-    self._workers = [self._start() for _ in range(num_workers)]
+  def __init__(self, num_workers: int = 2, timeout_s: float = 5.0, *,
+               max_answer_chars: int = MAX_ANSWER_CHARS, require_think_close: bool = False,
+               kill_grace_s: float = 1.0, cache_size: int = 100_000,
+               memory_limit_mb: int | None = 4096, startup_timeout_s: float = 120.0,
+               max_tasks_per_worker: int = 20_000):
+    if num_workers < 0 or timeout_s <= 0 or kill_grace_s < 0 or max_answer_chars < 1:
+      raise ValueError('Grader needs num_workers >= 0, timeout_s > 0, kill_grace_s >= 0 and '
+                       f'max_answer_chars >= 1; got {num_workers}, {timeout_s}, '
+                       f'{kill_grace_s}, {max_answer_chars}')
+    self.num_workers, self.timeout_s, self.kill_grace_s = num_workers, timeout_s, kill_grace_s
+    self.max_answer_chars, self.require_think_close = max_answer_chars, require_think_close
+    self.cache_size, self.memory_limit_mb = cache_size, memory_limit_mb
+    self.startup_timeout_s, self.max_tasks_per_worker = startup_timeout_s, max_tasks_per_worker
+    self.stats, self.last_stats = GradeStats(), GradeStats()
+    self._cache = collections.OrderedDict()  # (extracted, reference) -> correct; LRU
+    self._failed_starts = 0
+    self._closed = False
+    self._workers = [_Worker(memory_limit_mb) for _ in range(num_workers)]
 
-  def _start(self):
-    env = dict(os.environ, JAX_PLATFORMS='cpu')
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env['PYTHONPATH'] = root + os.pathsep + env.get('PYTHONPATH', '')
-    return subprocess.Popen([sys.executable, '-m', 'ceeh_jax.grading'], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            bufsize=1, env=env)
-
-  def _restart(self, slot: int):
-    proc = self._workers[slot]
-    proc.kill()
-    proc.wait(timeout=10)
-    for f in (proc.stdin, proc.stdout):
-      try:
-        f.close()
-      except OSError:
-        pass
-    self._workers[slot] = self._start()
+  @property
+  def worker_pids(self) -> list[int]:
+    return [w.proc.pid for w in self._workers]
 
   def grade_batch(self, responses: Sequence[str], references: Sequence[str]) -> list[Grade]:
+    """Grades response i against reference i; one Grade per response, in order."""
+    if self._closed:
+      raise RuntimeError('Grader.grade_batch called after close()')
     if len(responses) != len(references):
       raise ValueError(f'{len(responses)} responses but {len(references)} references')
-    results: list[Grade | None] = [None] * len(responses)
-    todo = []
-    for i, (r, ref) in enumerate(zip(responses, references)):
-      if not isinstance(r, str):
-        r = str(r)
-      # Cheap path: no boxed answer needs no sympy.
-      if extract_final_answer(r) is None:
-        results[i] = Grade(False, False, None, 'no_box')
+    t0 = time.perf_counter()
+    stats = GradeStats(total=len(responses))
+    grades = [None] * len(responses)
+    todo = {}  # (extracted, reference) -> positions: each distinct pair is verified once
+    for i, (resp, ref) in enumerate(zip(responses, references)):
+      done, extracted = _screen(resp, ref, self.max_answer_chars, self.require_think_close)
+      if done is not None:
+        grades[i] = done
+      elif (extracted, ref) in self._cache:
+        self._cache.move_to_end((extracted, ref))
+        grades[i] = Grade(self._cache[extracted, ref], True, extracted, 'ok')
+        stats.cache_hits += 1
       else:
-        todo.append((i, r, str(ref)))
-    if self.num_workers == 0:
-      for i, r, ref in todo:
-        results[i] = grade_in_process(r, ref)
-    else:
-      self._run_pool(todo, results)
-    for g in results:
-      self.stats.graded += 1
-      self.stats.timeouts += g.status == 'timeout'
-      self.stats.errors += g.status == 'error'
-    return results
+        todo.setdefault((extracted, ref), []).append(i)
+    keys = list(todo)
+    for key, (correct, status) in zip(keys, self._run(keys, stats)):
+      for i in todo[key]:
+        grades[i] = Grade(correct, True, key[0], status)
+      if status == 'ok' and self.cache_size > 0:
+        self._cache[key] = correct
+        if len(self._cache) > self.cache_size:
+          self._cache.popitem(last=False)
+    for g in grades:
+      stats.correct += g.correct
+      stats.no_box += g.status == 'no_box'
+      stats.timeouts += g.status == 'timeout'
+      stats.errors += g.status == 'error'
+    stats.seconds = time.perf_counter() - t0
+    self.last_stats = stats
+    self.stats.add(stats)
+    return grades
 
-  def _run_pool(self, todo, results):
-    pending = list(reversed(todo))
-    busy = {}  # slot -> (idx, start time, response)
-    while pending or busy:
-      for slot in range(self.num_workers):
-        if slot not in busy and pending:
-          i, r, ref = pending.pop()
-          msg = json.dumps([i, r, ref]) + '\n'
+  def _run(self, tasks: list[tuple[str, str]], stats: GradeStats) -> list[tuple[bool, str]]:
+    """(correct, status) per (extracted, reference), spread over the workers."""
+    if not self._workers:
+      return [_verify_soft(e, r, self.timeout_s) for e, r in tasks]
+    out = [None] * len(tasks)
+    queue = collections.deque(range(len(tasks)))
+    while queue or any(w.task is not None for w in self._workers):
+      for k, w in enumerate(self._workers):
+        if w.ready and w.task is None and queue:
+          j = queue.popleft()
           try:
-            self._workers[slot].stdin.write(msg)
-            self._workers[slot].stdin.flush()
-          except (BrokenPipeError, OSError):
-            self._restart(slot)
-            self._workers[slot].stdin.write(msg)
-            self._workers[slot].stdin.flush()
-          busy[slot] = (i, time.monotonic(), r)
-      with selectors.DefaultSelector() as sel:
-        for slot in busy:
-          sel.register(self._workers[slot].stdout, selectors.EVENT_READ, slot)
-        ready = sel.select(timeout=0.05)
-      for key, _ in ready:
-        slot = key.data
-        line = self._workers[slot].stdout.readline()
-        try:
-          idx, fields = json.loads(line)
-          results[idx] = Grade(*fields)
-        except (ValueError, TypeError):  # the worker died mid-answer: score 0, replace it
-          results[busy[slot][0]] = Grade(False, True, None, 'error')
-          self._restart(slot)
-        del busy[slot]
+            w.tx.send((j, *tasks[j], self.timeout_s))
+          except OSError:  # died while idle: the task never started, so it goes back
+            queue.appendleft(j)
+            self._replace(k, stats)
+            continue
+          w.task, w.deadline = j, time.monotonic() + self.timeout_s + self.kill_grace_s
+      waiting = {w.rx: k for k, w in enumerate(self._workers) if w.task is not None or not w.ready}
+      due = min(self._workers[k].deadline if self._workers[k].ready
+                else self._workers[k].started + self.startup_timeout_s for k in waiting.values())
+      for conn in mp_connection.wait(list(waiting), max(0.0, due - time.monotonic())):
+        self._receive(waiting[conn], out, queue, stats)
       now = time.monotonic()
-      for slot, (i, t0, r) in list(busy.items()):
-        if now - t0 > self.timeout_s:
-          extracted = extract_final_answer(r)
-          results[i] = Grade(False, True, None if extracted is None else extracted[:200],
-                             'timeout')
-          self._restart(slot)
-          del busy[slot]
+      for k, w in enumerate(self._workers):
+        if w.task is not None and now >= w.deadline:  # hard bound: C code ignores SIGALRM
+          out[w.task] = (False, 'timeout')
+          self._replace(k, stats)
+        elif not w.ready and now >= w.started + self.startup_timeout_s:
+          raise RuntimeError(f'a grading worker did not start within {self.startup_timeout_s}'
+                             ' s (is math-verify installed? its stderr is above)')
+    return out
 
-  def close(self):
-    for proc in self._workers:
-      try:
-        proc.stdin.close()
-      except OSError:
-        pass
-      try:
-        proc.wait(timeout=2)
-      except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-      proc.stdout.close()
-    self._workers = []
+  def _receive(self, k: int, out: list, queue: collections.deque, stats: GradeStats) -> None:
+    w = self._workers[k]
+    try:
+      msg = w.rx.recv()
+    except (EOFError, OSError):  # the worker died (crashed, or killed from outside)
+      if not w.ready:
+        self._failed_starts += 1
+        if self._failed_starts >= 3:
+          raise RuntimeError('grading workers keep dying at start-up; their stderr is above')
+      if w.task is not None:  # one retry elsewhere; a task that kills two workers is an error
+        out[w.task] = (False, 'error') if out[w.task] == 'retried' else 'retried'
+        if out[w.task] == 'retried':
+          queue.appendleft(w.task)
+      self._replace(k, stats)
+      return
+    if msg[0] == 'ready':
+      w.ready, self._failed_starts = True, 0
+    elif msg[0] == 'fail':
+      raise RuntimeError(f'a grading worker could not load math-verify: {msg[1]}')
+    else:
+      out[msg[0]] = (msg[1], msg[2])
+      w.task, w.done = None, w.done + 1
+      if w.done >= self.max_tasks_per_worker:  # bounds the slow growth of sympy's caches
+        self._replace(k, None, graceful=True)
 
-  def __enter__(self):
+  def _replace(self, k: int, stats: GradeStats | None, graceful: bool = False) -> None:
+    self._workers[k].stop(graceful)
+    self._workers[k] = _Worker(self.memory_limit_mb)
+    if stats is not None:
+      stats.worker_restarts += 1
+
+  def close(self) -> None:
+    """Stops the workers; idempotent."""
+    if not self._closed:
+      self._closed = True
+      for w in self._workers:
+        w.stop(graceful=True)
+      self._workers = []
+
+  def __enter__(self) -> 'Grader':
     return self
 
-  def __exit__(self, *exc):
+  def __exit__(self, *exc) -> None:
     self.close()
-    return False
+
+  def __del__(self):
+    try:
+      self.close()
+    except Exception:  # pylint: disable=broad-except  (interpreter shutdown)
+      pass
 
 
-if __name__ == '__main__':
-  _worker_main()
+def grade_batch(responses: Sequence[str], references: Sequence[str], timeout_s: float = 5.0,
+                num_workers: int = 2, **kwargs) -> list[Grade]:
+  """One-off bounded grading with a temporary `Grader` (a training loop keeps one instead)."""
+  with Grader(num_workers=num_workers, timeout_s=timeout_s, **kwargs) as grader:
+    return grader.grade_batch(responses, references)
