@@ -27,10 +27,10 @@ def _one(params, mb, temperature, model_cfg):
 
 @functools.partial(jax.jit, static_argnames=('model_cfg', 'micro_batch'))
 def compute(params, batch, temperature, *, model_cfg, micro_batch: int):
-  """{'token_logp': f32[R, M], 'attn_received': f32[R, M], 'token_mask': bool[R, M]}."""
+  """{'tokens': int32[R, M], 'token_logp': f32[R, M], 'attn_received': f32[R, M], 'token_mask': bool[R, M]}."""
   r = batch.completion.shape[0]
   mbs = jax.tree.map(lambda x: x.reshape((r // micro_batch, micro_batch) + x.shape[1:]), batch)
   logp, mu = jax.lax.map(lambda mb: _one(params, mb, temperature, model_cfg), mbs)
   shape = batch.completion.shape
-  return {'token_logp': logp.reshape(shape), 'attn_received': mu.reshape(shape),
-          'token_mask': batch.mask}
+  return {'tokens': batch.completion, 'token_logp': logp.reshape(shape),
+          'attn_received': mu.reshape(shape), 'token_mask': batch.mask}

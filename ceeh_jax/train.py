@@ -25,8 +25,8 @@ from ceeh_jax import rollouts as rollouts_lib
 from ceeh_jax import sampler as sampler_lib
 from ceeh_jax import sharding as sharding_lib
 from ceeh_jax import steps as steps_lib
+from ceeh_jax import synthetic
 from ceeh_jax import tokenizer as tokenizer_lib
-from ceeh_jax.models import qwen2 as qwen2_lib
 from ceeh_jax.models.config import QwenConfig
 
 
@@ -41,7 +41,7 @@ def build_model(config, mesh, rules):
                    decode_chunk=m.decode_chunk, lora_rank=m.lora_rank, lora_alpha=m.lora_alpha,
                    lora_targets=tuple(m.lora_targets))
   if m.hf_dir:
-    base_cfg, params = hf_io.load_hf(m.hf_dir, mesh=mesh, rules=rules)
+    base_cfg, params = hf_io.load_hf(synthetic.resolve_model_dir(m.hf_dir), mesh=mesh, rules=rules)
     model_cfg = base_cfg.replace(**overrides)
     if model_cfg.lora_rank:  # fresh adapters (B = 0) on top of the loaded base
       fresh = sharding_lib.init_params(model_cfg, jax.random.key(config.seed + 1), mesh, rules)
@@ -58,11 +58,12 @@ def _add_lora(base, fresh):
   return tu.unflatten_dict(flat)
 
 
-def load_data(config, tokenizer):
+def load_data(config, tokenizer, workdir):
   """Training and eval examples with their encoded prompts (budget checked at load)."""
   d = config.data
   field_map = dict(d.field_map)
-  train, stats = data_lib.load_examples(d.train, field_map=field_map, on_error=d.on_error)
+  train_src = synthetic.resolve_data(d.train, workdir, config.seed)
+  train, stats = data_lib.load_examples(train_src, field_map=field_map, on_error=d.on_error)
   if stats.skipped:
     print(f'data: skipped {stats.skipped} malformed rows of {d.train}: {stats.reasons}')
   encode = functools.partial(rollouts_lib.encode_prompts, tokenizer,
@@ -71,7 +72,8 @@ def load_data(config, tokenizer):
   train_prompts, n_trunc = encode(train, source=d.train)
   evals, eval_prompts = [], []
   if d.eval and d.eval_size:
-    evals, _ = data_lib.load_examples(d.eval, field_map=field_map, on_error=d.on_error)
+    evals, _ = data_lib.load_examples(synthetic.resolve_data(d.eval, workdir, config.seed),
+                                      field_map=field_map, on_error=d.on_error)
     evals = evals[:d.eval_size]
     eval_prompts, _ = encode(evals, source=d.eval)
   return train, train_prompts, evals, eval_prompts, n_trunc
@@ -88,8 +90,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = sharding_lib.make_mesh(config.mesh.shape)
 
   # --- Data --------------------------------------------------------------------------------
-  tokenizer = tokenizer_lib.load_tokenizer(config.tokenizer_dir or config.model.hf_dir)
-  train, train_prompts, evals, eval_prompts, n_trunc = load_data(config, tokenizer)
+  tokenizer = tokenizer_lib.load_tokenizer(
+      synthetic.resolve_model_dir(config.tokenizer_dir or config.model.hf_dir))
+  train, train_prompts, evals, eval_prompts, n_trunc = load_data(config, tokenizer, workdir)
   fingerprint = data_lib.dataset_fingerprint(train)
   iterator = data_lib.EpochIterator(len(train), config.batch_size, config.seed)
   stop_ids = tuple(tokenizer_lib.stop_ids(tokenizer))

@@ -1,0 +1,67 @@
+r"""The embedded default: CEEH on the synthetic chain-arithmetic task, on a laptop CPU.
+
+  python -m ceeh_jax.main                      # this config, workdir runs/tiny
+
+Starts from the shipped base policy (`ceeh_jax/synthetic/base_policy`, a 0.2M-parameter Qwen2
+SFT-trained on verbose traces by `python -m ceeh_jax.synthetic.sft`), trains CEEH-ME for a few
+dozen steps on 2,000 generated problems (half easy: 1-2 steps, half hard: 4-6 steps), and
+prints ACC / LEN / entropy on easy vs hard questions against the base policy.
+
+Expect: response length drops on easy questions first while easy accuracy holds; hard
+questions keep more entropy (the bonus is 5x on them). See experiments/tiny_compression/.
+"""
+from ceeh_jax import default_config
+
+
+def get_config(arg=None):
+  del arg
+  c = default_config.get_config()
+  c.method = 'ceeh_me'
+  c.seed = 0
+
+  # Model: the shipped synthetic base policy (HF directory with its tokenizer).
+  c.model.hf_dir = 'synthetic:base_policy'
+  c.model.dtype = 'float32'
+  c.model.sample_dtype = 'float32'
+  c.model.decode_chunk = 64
+
+  # Data: generated on first use into <workdir>/data (deterministic from the seed).
+  c.data.train = 'synthetic:train:2000'
+  c.data.eval = 'synthetic:eval:128'
+  c.data.eval_size = 128
+  c.data.instruction = ''
+  c.data.max_prompt_tokens = 64
+
+  # Sampling
+  c.sampling.num_samples = 8
+  c.sampling.temperature = 1.0
+  c.sampling.top_p = 1.0
+  c.sampling.max_new_tokens = 160
+  c.sampling.eval_temperature = 0.6
+  c.sampling.eval_top_p = 1.0
+
+  # Batching: 16 prompts x 8 samples = 128 responses, 2 updates of 64.
+  c.batch_size = 16
+  c.minibatch_size = 64
+  c.micro_batch_size = 64
+  c.logp_chunk = 64
+
+  # Optimizer (full fine-tune of the tiny model)
+  c.optim.lr = 1e-4
+  c.optim.grad_clip = 1.0
+
+  # GRPO / CEEH
+  c.grpo.kl_coef = 0.0
+  c.ceeh.entropy_coef = 0.01
+  c.ceeh.length_lambda = 0.1
+
+  # Mesh: one CPU device.
+  c.mesh.shape = (1, 1, 1)
+
+  # Loop
+  c.total_steps = 40
+  c.eval_every = 20
+  c.checkpoint_every = 10
+  c.grading.num_workers = 2
+  c.grading.timeout_s = 5.0
+  return c
