@@ -1,29 +1,27 @@
 """Grades model outputs against reference answers with math-verify, bounded in time.
 
-The final answer is the content of the last `\\boxed{...}` (or `\\fbox{...}`, or `\\boxed x`)
-after the last `</think>`; a response that opens `<think>` and never closes it has no answer.
-Correct means `math_verify.verify(parse(\\boxed{reference}), parse(\\boxed{answer}))`.
+The answer is the content of the last `\\boxed{...}` (`\\fbox{...}`, `\\boxed x`) after the
+last `</think>` (none if `<think>` never closes), correct when math-verify says
+`verify(parse(\\boxed{reference}), parse(\\boxed{answer}))`.
 
-Grading is the one host step of a training iteration (DESIGN.md), and sympy can hang in C
-code that no Python signal interrupts. `Grader` keeps worker processes: a task has a soft
-deadline (SIGALRM in the worker: status 'timeout', worker kept) and a hard one,
-`timeout_s + kill_grace_s`, when the parent SIGKILLs the worker and starts another. Workers
-are fresh interpreters from `subprocess` (fork+exec): never a `fork()` of a parent running
-JAX threads, nor a re-import of its `__main__` (multiprocessing 'spawn' would pull jax and
-the model into each worker). They import only math-verify, in about a second.
+Grading is the one host step of training (DESIGN.md) and sympy can hang in C code that no
+signal interrupts, so `Grader` keeps worker processes with a soft deadline per task (SIGALRM:
+status 'timeout', worker kept) and a hard one, `timeout_s + kill_grace_s` (SIGKILL, fresh
+worker). Workers are new interpreters from `subprocess` (fork+exec): no `fork()` of a parent
+running JAX threads, no re-import of its `__main__` as multiprocessing 'spawn' would do.
 
-Pre-filter in the parent: no box => 'no_box' without math-verify; an answer longer than
+Pre-filter in the parent: no box => 'no_box', math-verify skipped; an answer longer than
 `max_answer_chars` (2000; the longest vendored reference has 210) => wrong, status 'error'
-(huge expressions are where sympy hangs and eats memory). Identical (answer, reference)
-pairs are verified once per batch; 'ok' verdicts are cached (G samples often agree).
+(where sympy hangs and eats memory). A distinct (answer, reference) pair is verified once
+per batch; 'ok' verdicts are cached (a question's G samples often agree).
 """
 import collections
+import contextlib
 import dataclasses
 import functools
 import logging
 import multiprocessing.connection as mp_connection
 import os
-import pathlib
 import re
 import signal
 import subprocess
@@ -33,7 +31,7 @@ import time
 from typing import NamedTuple, Sequence
 
 MAX_ANSWER_CHARS = 2000
-_REPO_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+_THIS_FILE = os.path.abspath(__file__)
 
 
 class Grade(NamedTuple):
@@ -57,11 +55,8 @@ class GradeStats:
   seconds: float = 0.0
 
   def add(self, other: 'GradeStats') -> None:
-    for f in dataclasses.fields(self):
-      setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-
-  def as_dict(self, prefix: str = 'grade/') -> dict:
-    return {prefix + k: v for k, v in dataclasses.asdict(self).items()}
+    for k, v in dataclasses.asdict(other).items():
+      setattr(self, k, getattr(self, k) + v)
 
 
 # --- Answer extraction ------------------------------------------------------------------------
@@ -75,10 +70,9 @@ _SPACE_ARG = re.compile(r'\s*([^\s$]+)')
 def extract_final_answer(text: str, *, require_think_close: bool = False) -> str | None:
   """Content of the last complete box after the last `</think>`, stripped; None if none.
 
-  `<think>` without `</think>` means the model never finished thinking: None. Set
-  `require_think_close` when the prompt itself ends in `<think>` (R1 template), so a
-  completion without `</think>` is unfinished too. Unclosed boxes are ignored; of nested
-  boxes the innermost (last opened) wins.
+  `<think>` without `</think>`: thinking never ended, None. `require_think_close` treats a
+  text without `</think>` so too (for prompts that end in `<think>`, as R1's template does).
+  Unclosed boxes are ignored; of nested boxes the innermost (last opened) wins.
   """
   close = text.rfind('</think>')
   if close >= 0:
@@ -133,22 +127,15 @@ class _SoftTimeout(BaseException):
   """Raised by SIGALRM; a BaseException so math-verify's `except Exception` cannot eat it."""
 
 
-def _raise_soft_timeout(signum, frame):
+def _raise_soft_timeout(*_):
   raise _SoftTimeout()
-
-
-class _QuietTimeoutNotice(logging.Filter):
-  """math-verify warns once that its own timeout is off; we bound the time ourselves."""
-
-  def filter(self, record):
-    return not record.getMessage().startswith('Timeout is disabled')
 
 
 @functools.cache
 def _math_verify():
   import math_verify  # pylint: disable=g-import-not-at-top  (sympy: a second to import)
-  for name in ('math_verify.parser', 'math_verify.grader'):
-    logging.getLogger(name).addFilter(_QuietTimeoutNotice())
+  for name in ('math_verify.parser', 'math_verify.grader'):  # "timeout is off": we bound it
+    logging.getLogger(name).addFilter(lambda r: 'Timeout is disabled' not in r.getMessage())
   return math_verify
 
 
@@ -188,11 +175,8 @@ def _verify_soft(extracted: str, reference: str, timeout_s: float | None) -> tup
 
 def grade(response: str, reference: str, timeout_s: float | None = 5.0, *,
           max_answer_chars: int = MAX_ANSWER_CHARS, require_think_close: bool = False) -> Grade:
-  """Grades one response in this process; never raises.
-
-  The bound is a SIGALRM soft deadline: main thread only, and it cannot stop C code. Training
-  uses `Grader` (worker processes, hard kill).
-  """
+  """Grades one response in this process; never raises. The SIGALRM bound works only on
+  the main thread and cannot stop C code: training uses `Grader` (hard kill)."""
   done, extracted = _screen(response, reference, max_answer_chars, require_think_close)
   if done is not None:
     return done
@@ -216,22 +200,19 @@ def _worker_main(rfd: int, wfd: int, memory_limit_mb: int) -> None:
   try:
     _verify('1', '1')  # import sympy and build the LaTeX grammar before saying 'ready'
   except BaseException as e:  # pylint: disable=broad-except
-    tx.send(('fail', repr(e)))
-    return
-  tx.send(('ready', os.getpid()))
-  while True:
-    try:
-      msg = rx.recv()
-    except (EOFError, OSError):  # the parent is gone
-      return
-    if msg is None:
-      return
-    tag, extracted, reference, timeout_s = msg
-    tx.send((tag, *_verify_soft(extracted, reference, timeout_s)))
+    return tx.send(('fail', repr(e)))
+  try:
+    tx.send(('ready', os.getpid()))
+    while (msg := rx.recv()) is not None:  # None: the parent's close()
+      tag, extracted, reference, timeout_s = msg
+      tx.send((tag, *_verify_soft(extracted, reference, timeout_s)))
+  except (EOFError, OSError):  # the parent is gone (or dropped the Grader unclosed)
+    pass
 
 
-_WORKER_CODE = ('import sys; sys.path.insert(0, sys.argv[1]); from ceeh_jax import grading; '
-                'grading._worker_main(*map(int, sys.argv[2:5]))')
+# The worker runs this file by path, so a growing `ceeh_jax/__init__` never slows it down.
+_WORKER_CODE = ("import runpy, sys; runpy.run_path(sys.argv[1], run_name='ceeh_grading_worker')"
+                "['_worker_main'](*map(int, sys.argv[2:5]))")
 
 
 class _Worker:
@@ -241,26 +222,24 @@ class _Worker:
     from_parent, to_child = os.pipe()
     from_child, to_parent = os.pipe()
     self.proc = subprocess.Popen(
-        [sys.executable, '-c', _WORKER_CODE, _REPO_ROOT, str(from_parent), str(to_parent),
+        [sys.executable, '-c', _WORKER_CODE, _THIS_FILE, str(from_parent), str(to_parent),
          str(memory_limit_mb or 0)],
         pass_fds=(from_parent, to_parent), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    os.close(from_parent)
-    os.close(to_parent)
+    for fd in (from_parent, to_parent):  # the child's ends
+      os.close(fd)
     self.tx = mp_connection.Connection(to_child, readable=False)
     self.rx = mp_connection.Connection(from_child, writable=False)
-    self.ready, self.started = False, time.monotonic()
-    self.task, self.deadline, self.done = None, 0.0, 0  # task: index being graded
+    # task: index of the (answer, reference) pair it is verifying, due by `deadline`.
+    self.ready, self.started, self.task, self.deadline = False, time.monotonic(), None, 0.0
 
   def stop(self, graceful: bool) -> None:
-    if graceful:
-      try:
+    if graceful:  # ask it to exit; kill it if it does not within 2 s
+      with contextlib.suppress(OSError, subprocess.TimeoutExpired):
         self.tx.send(None)
         self.proc.wait(timeout=2.0)
-      except (OSError, subprocess.TimeoutExpired):
-        pass
     if self.proc.poll() is None:
       self.proc.kill()
-      self.proc.wait()
+    self.proc.wait()
     self.tx.close()
     self.rx.close()
 
@@ -269,20 +248,17 @@ class Grader:
   """A persistent pool of grading processes with a hard per-response time bound.
 
     with Grader(num_workers=2, timeout_s=5.0) as grader:
-      grades = grader.grade_batch(texts, answers)   # list[Grade], in order
-      grader.last_stats.timeouts, grader.stats.errors
+      grades = grader.grade_batch(texts, answers)   # list[Grade]; grader.last_stats.timeouts
 
-  Once a worker picks a response up it answers within `timeout_s` (soft: worker kept) or is
-  killed at `timeout_s + kill_grace_s` and replaced. Workers start in `__init__`, in the
-  background. `num_workers=0` grades in this process (soft bound only: tests, small evals).
+  A response a worker has picked up takes at most `timeout_s + kill_grace_s`. Workers start
+  in the background in `__init__`; `num_workers=0` grades in this process (soft bound only).
   Never raises for response content; RuntimeError only when workers cannot start at all.
   """
 
   def __init__(self, num_workers: int = 2, timeout_s: float = 5.0, *,
                max_answer_chars: int = MAX_ANSWER_CHARS, require_think_close: bool = False,
                kill_grace_s: float = 1.0, cache_size: int = 100_000,
-               memory_limit_mb: int | None = 4096, startup_timeout_s: float = 120.0,
-               max_tasks_per_worker: int = 20_000):
+               memory_limit_mb: int | None = 4096, startup_timeout_s: float = 120.0):
     if num_workers < 0 or timeout_s <= 0 or kill_grace_s < 0 or max_answer_chars < 1:
       raise ValueError('Grader needs num_workers >= 0, timeout_s > 0, kill_grace_s >= 0 and '
                        f'max_answer_chars >= 1; got {num_workers}, {timeout_s}, '
@@ -290,11 +266,10 @@ class Grader:
     self.num_workers, self.timeout_s, self.kill_grace_s = num_workers, timeout_s, kill_grace_s
     self.max_answer_chars, self.require_think_close = max_answer_chars, require_think_close
     self.cache_size, self.memory_limit_mb = cache_size, memory_limit_mb
-    self.startup_timeout_s, self.max_tasks_per_worker = startup_timeout_s, max_tasks_per_worker
+    self.startup_timeout_s = startup_timeout_s
     self.stats, self.last_stats = GradeStats(), GradeStats()
     self._cache = collections.OrderedDict()  # (extracted, reference) -> correct; LRU
-    self._failed_starts = 0
-    self._closed = False
+    self._failed_starts, self._closed = 0, False
     self._workers = [_Worker(memory_limit_mb) for _ in range(num_workers)]
 
   @property
@@ -307,8 +282,7 @@ class Grader:
       raise RuntimeError('Grader.grade_batch called after close()')
     if len(responses) != len(references):
       raise ValueError(f'{len(responses)} responses but {len(references)} references')
-    t0 = time.perf_counter()
-    stats = GradeStats(total=len(responses))
+    t0, stats = time.perf_counter(), GradeStats(total=len(responses))
     grades = [None] * len(responses)
     todo = {}  # (extracted, reference) -> positions: each distinct pair is verified once
     for i, (resp, ref) in enumerate(zip(responses, references)):
@@ -329,11 +303,9 @@ class Grader:
         self._cache[key] = correct
         if len(self._cache) > self.cache_size:
           self._cache.popitem(last=False)
-    for g in grades:
-      stats.correct += g.correct
-      stats.no_box += g.status == 'no_box'
-      stats.timeouts += g.status == 'timeout'
-      stats.errors += g.status == 'error'
+    n = collections.Counter(g.status for g in grades)
+    stats.correct = sum(g.correct for g in grades)
+    stats.no_box, stats.timeouts, stats.errors = n['no_box'], n['timeout'], n['error']
     stats.seconds = time.perf_counter() - t0
     self.last_stats = stats
     self.stats.add(stats)
@@ -343,6 +315,9 @@ class Grader:
     """(correct, status) per (extracted, reference), spread over the workers."""
     if not self._workers:
       return [_verify_soft(e, r, self.timeout_s) for e, r in tasks]
+    for k, w in enumerate(self._workers):
+      if w.task is not None:  # busy since an interrupted call: its answer would be stale
+        self._replace(k, stats)
     out = [None] * len(tasks)
     queue = collections.deque(range(len(tasks)))
     while queue or any(w.task is not None for w in self._workers):
@@ -356,9 +331,10 @@ class Grader:
             self._replace(k, stats)
             continue
           w.task, w.deadline = j, time.monotonic() + self.timeout_s + self.kill_grace_s
-      waiting = {w.rx: k for k, w in enumerate(self._workers) if w.task is not None or not w.ready}
-      due = min(self._workers[k].deadline if self._workers[k].ready
-                else self._workers[k].started + self.startup_timeout_s for k in waiting.values())
+      waiting = {w.rx: k for k, w in enumerate(self._workers)
+                 if w.task is not None or not w.ready}
+      due = min(w.deadline if w.ready else w.started + self.startup_timeout_s
+                for w in map(self._workers.__getitem__, waiting.values()))
       for conn in mp_connection.wait(list(waiting), max(0.0, due - time.monotonic())):
         self._receive(waiting[conn], out, queue, stats)
       now = time.monotonic()
@@ -392,18 +368,16 @@ class Grader:
       raise RuntimeError(f'a grading worker could not load math-verify: {msg[1]}')
     else:
       out[msg[0]] = (msg[1], msg[2])
-      w.task, w.done = None, w.done + 1
-      if w.done >= self.max_tasks_per_worker:  # bounds the slow growth of sympy's caches
-        self._replace(k, None, graceful=True)
+      w.task = None
 
-  def _replace(self, k: int, stats: GradeStats | None, graceful: bool = False) -> None:
-    self._workers[k].stop(graceful)
+  def _replace(self, k: int, stats: GradeStats) -> None:
+    self._workers[k].stop(graceful=False)
     self._workers[k] = _Worker(self.memory_limit_mb)
-    if stats is not None:
-      stats.worker_restarts += 1
+    stats.worker_restarts += 1
 
   def close(self) -> None:
-    """Stops the workers; idempotent."""
+    """Stops the workers; idempotent. (An unclosed Grader's workers exit when its pipes are
+    garbage-collected: they read EOF.)"""
     if not self._closed:
       self._closed = True
       for w in self._workers:
@@ -415,12 +389,6 @@ class Grader:
 
   def __exit__(self, *exc) -> None:
     self.close()
-
-  def __del__(self):
-    try:
-      self.close()
-    except Exception:  # pylint: disable=broad-except  (interpreter shutdown)
-      pass
 
 
 def grade_batch(responses: Sequence[str], references: Sequence[str], timeout_s: float = 5.0,

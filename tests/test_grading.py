@@ -171,7 +171,7 @@ def test_stuck_worker_is_killed_and_replaced():
     os.kill(g.worker_pids[0], signal.SIGSTOP)
     t0 = time.perf_counter()
     out = g.grade_batch(['\\boxed{2}'], ['2'])  # not '1': that verdict is cached
-    assert time.perf_counter() - t0 < 1.5 + 0.5
+    assert time.perf_counter() - t0 < 1.5 + 1.5  # deadline + slack for a busy machine
     assert out == [grading.Grade(False, True, '2', 'timeout')]
     assert g.last_stats.timeouts == 1 and g.last_stats.worker_restarts == 1
     assert g.grade_batch(['\\boxed{3}'], ['3'])[0].correct  # the replacement works
@@ -218,8 +218,8 @@ def test_hostile_outputs_are_bounded_and_never_correct():
       t0 = time.perf_counter()
       (out,) = g.grade_batch([text], ['42'])
       elapsed = time.perf_counter() - t0
-      # Slack: a worker killed earlier may still be restarting (~1 s).
-      assert elapsed < timeout_s + grace_s + 2.0, (name, elapsed)
+      # Slack for a busy machine and a worker that may still be restarting (~1 s).
+      assert elapsed < timeout_s + grace_s + 3.0, (name, elapsed)
       assert not out.correct, name
       assert out.status in ('ok', 'timeout', 'error', 'no_box'), name
   assert grading.grade(HOSTILE['10k-digit number'], '42').status == 'error'  # over the cap
