@@ -184,6 +184,9 @@ def grade(response: str, reference: str, timeout_s: float | None = 5.0, *,
   return Grade(correct, True, extracted, status)
 
 
+grade_in_process = grade  # the first version's name, still used by synthetic/sft.py
+
+
 # --- The bounded worker pool ------------------------------------------------------------------
 
 def _worker_main(rfd: int, wfd: int, memory_limit_mb: int) -> None:
@@ -210,13 +213,12 @@ def _worker_main(rfd: int, wfd: int, memory_limit_mb: int) -> None:
     pass
 
 
-# The worker runs this file by path, so a growing `ceeh_jax/__init__` never slows it down.
 _WORKER_CODE = ("import runpy, sys; runpy.run_path(sys.argv[1], run_name='ceeh_grading_worker')"
                 "['_worker_main'](*map(int, sys.argv[2:5]))")
 
 
 class _Worker:
-  """One worker process and the parent's ends of its two pipes."""
+  """One worker process (running this file by path: no package imports) and our pipe ends."""
 
   def __init__(self, memory_limit_mb: int | None):
     from_parent, to_child = os.pipe()
