@@ -165,12 +165,12 @@ def _as_text(value, key: str, ours: str) -> str:
     except UnicodeDecodeError:
       raise _RowError('bad_utf8', f'field {key!r} is not valid UTF-8') from None
   if isinstance(value, (bool, np.bool_)) or not isinstance(value, (str, numbers.Real)):
-    raise _RowError('wrong_type', f'field {key!r} is a {type(value).__name__}, expected a '
-                    f'string{"" if ours == "problem" else " or a number"}')
+    raise _RowError('wrong_type', f'field {key!r} has type {type(value).__name__}, expected '
+                    f'a string{"" if ours == "problem" else " or a number"}')
   if not isinstance(value, str):
     if ours == 'problem' or (ours == 'id' and not isinstance(value, numbers.Integral)):
-      raise _RowError('wrong_type', f'field {key!r} is a {type(value).__name__}, expected a '
-                      f'string{" or an integer" if ours == "id" else ""}')
+      raise _RowError('wrong_type', f'field {key!r} has type {type(value).__name__}, expected '
+                      f'a string{" or an integer" if ours == "id" else ""}')
     if not math.isfinite(value):
       raise _RowError('wrong_type', f'field {key!r} is {value}, expected a finite number')
     # amc answers come as 27.0: an integral float is written as the integer.
@@ -189,7 +189,7 @@ def _example(row, index: int, fields: dict, stem: str, max_problem_chars) -> Exa
   if isinstance(row, _RowError):
     raise row
   if not isinstance(row, dict):
-    raise _RowError('not_object', f'row is a {type(row).__name__}, expected an object')
+    raise _RowError('not_object', f'row has type {type(row).__name__}, expected an object')
   vals = {}
   for ours in _FIELDS:
     key = fields[ours]
