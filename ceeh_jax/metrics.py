@@ -3,8 +3,8 @@
 Letters: P problems, N samples per problem.
 ACC is avg@N (mean correctness over the N samples, then over problems), LEN the mean response
 length in tokens (thinking included), Pass@k the unbiased estimator of Chen et al. (2021).
-L-Acc and NAG weigh accuracy against the length saved relative to a base model (CEEH,
-arXiv 2602.22642, evaluation section).
+L-Acc and NAG weigh accuracy against the length saved relative to a base model, as the CEEH
+paper (arXiv 2602.22642) reports them; formulas as in DESIGN.md.
 """
 from typing import Mapping, Sequence
 
