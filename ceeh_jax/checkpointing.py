@@ -8,6 +8,7 @@ truncated by a kill costs one interval, never the run.
 import json
 import logging
 import os
+import time
 from typing import Any
 
 import jax
@@ -41,24 +42,56 @@ class Checkpointer:
     self.manager.reload()
     return sorted(self.manager.all_steps())
 
-  def restore(self, abstract_state, step: int | None = None):
+  def restore(self, abstract_state, step: int | None = None, check_meta=None):
     """(step, state, meta) of the newest loadable checkpoint, or None when there is none.
 
     `abstract_state` is a pytree of ShapeDtypeStructs (with shardings) shaped like the state.
-    A checkpoint that fails to load (truncated or deleted files) is skipped with a warning.
+    `check_meta(meta)` runs on a checkpoint's metadata before its state is read, and may raise
+    (e.g. DataMismatchError) to refuse it. A checkpoint that fails to load (truncated or
+    deleted files) is skipped with a warning and the previous one is tried.
     """
     candidates = [step] if step is not None else list(reversed(self.steps()))
+    broken = []
     for s in candidates:
       try:
+        meta = dict(self.manager.restore(s, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore()))['meta'])
+      except Exception as e:  # noqa: BLE001 - unreadable metadata: this step is unusable
+        self._warn(s, e)
+        broken.append(s)
+        continue
+      if check_meta is not None:
+        check_meta(meta)
+      try:
         restored = self.manager.restore(s, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-        return s, restored['state'], dict(restored['meta'])
+            state=ocp.args.StandardRestore(abstract_state)))
       except Exception as e:  # noqa: BLE001 - any failure means "this step is unusable"
-        log.warning('checkpoint step %d in %s is unreadable (%s: %s); trying an older one',
-                    s, self.directory, type(e).__name__, str(e)[:300])
-        print(f'WARNING: checkpoint step {s} is unreadable ({type(e).__name__}); '
-              'falling back to an older one', flush=True)
+        self._warn(s, e)
+        broken.append(s)
+        continue
+      self._set_aside(broken)
+      return s, restored['state'], meta
+    self._set_aside(broken)
     return None
+
+  def _set_aside(self, steps):
+    """Moves unreadable step directories to checkpoints_corrupt/ (kept, not deleted), so the
+    resumed run can write those steps again."""
+    if not steps:
+      return
+    dest = self.directory + '_corrupt'
+    os.makedirs(dest, exist_ok=True)
+    for s in steps:
+      src = os.path.join(self.directory, str(s))
+      if os.path.exists(src):
+        os.replace(src, os.path.join(dest, f'{s}-{int(time.time())}'))
+    self.manager.reload()
+
+  def _warn(self, step, e):
+    log.warning('checkpoint step %d in %s is unreadable (%s: %s); trying an older one',
+                step, self.directory, type(e).__name__, str(e)[:300])
+    print(f'WARNING: checkpoint step {step} in {self.directory} is unreadable '
+          f'({type(e).__name__}); falling back to an older one', flush=True)
 
   def close(self) -> None:
     self.manager.wait_until_finished()

@@ -48,18 +48,16 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> list[int]:
   known = math.prod(s for s in shape if s != -1)
   if num_devices % known:
     raise ValueError(f'mesh shape {shape} does not divide the {num_devices} devices')
-  shape = [num_devices // known if s == -1 else s for s in shape]
-  if math.prod(shape) != num_devices:
-    raise ValueError(f'mesh shape {shape} uses {math.prod(shape)} devices but '
-                     f'{num_devices} are available')
-  return shape
+  # A fully specified mesh may use a divisor of the devices (the first ones), e.g. (1, 1, 1)
+  # on an 8-device host for a single-device run.
+  return [num_devices // known if s == -1 else s for s in shape]
 
 
 def make_mesh(shape: Sequence[int], devices=None) -> Mesh:
   """A ('data', 'fsdp', 'tensor') mesh; one entry may be -1 (= the remaining devices)."""
   devices = jax.devices() if devices is None else list(devices)
   shape = resolve_mesh_shape(shape, len(devices))
-  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+  return Mesh(np.asarray(devices[:math.prod(shape)]).reshape(shape), MESH_AXES)
 
 
 def traced_under(mesh: Mesh | None, rules, fn):

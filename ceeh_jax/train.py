@@ -79,8 +79,13 @@ def load_data(config, tokenizer, workdir):
   return train, train_prompts, evals, eval_prompts, n_trunc
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs (or resumes) RL training in `workdir`; returns the final metrics record."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       stop_after: int | None = None) -> dict:
+  """Runs (or resumes) RL training in `workdir`; returns the final metrics record.
+
+  `stop_after` ends this process after that many steps (as a preemption would), leaving the
+  schedule of the full run untouched; tests use it to check resume == uninterrupted.
+  """
   config_check.validate(config)
   os.makedirs(workdir, exist_ok=True)
   g = config.sampling.num_samples
@@ -117,10 +122,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer = metric_writers.MetricWriter(workdir, tensorboard=config.tensorboard)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                           state)
-  restored = ckpt.restore(abstract)
+  restored = ckpt.restore(abstract, check_meta=lambda meta: ckpt_lib.check_data_fingerprint(
+      meta, fingerprint, config.data.train))
   if restored is not None:
     start, state, meta = restored
-    ckpt_lib.check_data_fingerprint(meta, fingerprint, config.data.train)
     iterator.set_state(meta['iterator'])
     dropped = writer.truncate_after(start)
     print(f'resumed from step {start} ({dropped} later log lines dropped)')
@@ -157,7 +162,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   record = {}
   bar = tqdm.tqdm(total=config.total_steps, initial=start, disable=not config.progress,
                   desc=f'{config.method}', dynamic_ncols=True)
-  for step in range(start, config.total_steps):
+  end = config.total_steps if stop_after is None else min(config.total_steps, start + stop_after)
+  for step in range(start, end):
     t0 = time.perf_counter()
     idx = iterator.next()
     temperature = methods_lib.sampling_temperature(config.method, hparams, step,
@@ -229,7 +235,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       ev = evaluate_slice(state.params, evals, eval_prompts, config, rollout, tokenizer,
                           grader, jax.random.fold_in(sample_key, 1))
       writer.write(step + 1, ev)
-    if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.total_steps:
+    if (step + 1) % config.checkpoint_every == 0 or step + 1 == end:
       ckpt.save(step + 1, state, {'iterator': iterator.get_state(),
                                   'data_fingerprint': fingerprint,
                                   'config': config.to_json_best_effort()})

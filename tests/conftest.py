@@ -11,3 +11,11 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))
+
+# Trainer tests rebuild the same jitted programs many times: a persistent compilation cache
+# turns the repeats into disk hits.
+import jax  # noqa: E402  (after XLA_FLAGS)
+jax.config.update('jax_compilation_cache_dir',
+                  os.environ.get('CEEH_JAX_TEST_CACHE', '/tmp/ceeh_jax_test_xla_cache'))
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
