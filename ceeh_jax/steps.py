@@ -98,6 +98,26 @@ def init_train_state(params, optimizer, num_questions: int, seed: int, lora: boo
                     skipped=jnp.zeros((), jnp.int32))
 
 
+def state_shardings(abstract_state: TrainState, param_shardings, mesh):
+  """Shardings of a whole TrainState: params as given, each optimizer moment like the param it
+  tracks (matched by its flat path key), everything else replicated."""
+  from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
+  repl = NamedSharding(mesh, PartitionSpec())
+  flat = flax.traverse_util.flatten_dict(param_shardings)
+
+  def opt_leaf(path, leaf):
+    for entry in reversed(path):
+      key = getattr(entry, 'key', None)
+      if isinstance(key, tuple) and key in flat and flat[key] is not None:
+        return flat[key]
+    return repl
+
+  opt = jax.tree_util.tree_map_with_path(opt_leaf, abstract_state.opt_state)
+  return TrainState(step=repl, params=param_shardings, opt_state=opt,
+                    difficulty=jax.tree.map(lambda _: repl, abstract_state.difficulty),
+                    rng=repl, skipped=repl)
+
+
 # ---------------------------------------------------------------------------------------------
 # Scoring: log-probs and entropy of completions under a policy.
 # ---------------------------------------------------------------------------------------------

@@ -115,7 +115,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if config.grpo.kl_coef > 0 and not lora:  # with LoRA the reference is "adapters off"
     ref_params = jax.tree.map(jnp.copy, params)
   del params
-  state_shardings = jax.tree.map(lambda x: x.sharding, state)
+  # Everything on the mesh: params as loaded, optimizer moments like their params, the rest
+  # (difficulty state, step, rng) replicated.
+  state_shardings = steps_lib.state_shardings(
+      state, sharding_lib.param_shardings(model_cfg, mesh, rules), mesh)
+  state = jax.device_put(state, state_shardings)
 
   # --- Checkpoint restore ------------------------------------------------------------------
   ckpt = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
@@ -147,8 +151,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                           chunk_size=config.logp_chunk)),
                   static_argnames=('lora_on',))
   sample_cfg = model_cfg.replace(dtype=config.model.sample_dtype)
+  # The prompt ends inside <think>: a completion that never closes it has no answer.
   grader = grading_lib.Grader(num_workers=config.grading.num_workers,
-                              timeout_s=config.grading.timeout_s)
+                              timeout_s=config.grading.timeout_s,
+                              require_think_close=config.data.think_prefix)
 
   def rollout(params, prompts, rng, temperature, n, max_new, top_p):
     cfg = sampler_lib.SampleConfig(max_new_tokens=max_new, temperature=temperature,

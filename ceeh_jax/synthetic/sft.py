@@ -32,22 +32,18 @@ THINK = '<think>\n'
 
 
 def model_config() -> QwenConfig:
-  return QwenConfig(vocab_size=64, num_layers=3, embed_dim=96, mlp_dim=256, num_heads=6,
+  return QwenConfig(vocab_size=128, num_layers=3, embed_dim=64, mlp_dim=192, num_heads=4,
                     num_kv_heads=2, head_dim=16, rope_theta=10000.0, tie_embeddings=True,
                     max_position_embeddings=512, decode_chunk=64)
 
 
-def sft_examples(tok, rows, rng, hard_error_rate):
+def sft_examples(tok, rows, seed, hard_error_rate):
   """(prompt ids, completion ids incl. EOS) pairs; completions are verbose traces."""
-  out = []
-  for r in rows:
-    prompt = tokenizer_lib.build_prompt(tok, r['problem'], instruction='')
-    err = hard_error_rate if r['meta']['hard'] else 0.0
-    trace = task_lib.verbose_trace(r, rng, err)[len(THINK):]
-    p = tokenizer_lib.encode_prompts(tok, [prompt])[0]
-    c = tok(trace, add_special_tokens=False)['input_ids'] + [tok.eos_token_id]
-    out.append((p, c))
-  return out
+  prompts = tokenizer_lib.encode_prompts(
+      tok, [tokenizer_lib.build_prompt(tok, r['problem'], instruction='') for r in rows])
+  traces = task_lib.sft_traces(rows, seed, hard_error_rate=hard_error_rate)
+  completions = tok([task_lib.completion(t) for t in traces], add_special_tokens=False)['input_ids']
+  return [(p, list(c) + [tok.eos_token_id]) for p, c in zip(prompts, completions)]
 
 
 def pack(pairs, length, pad):
@@ -74,7 +70,7 @@ def _step(params, opt_state, toks, w, *, cfg, opt):
   return optax.apply_updates(params, upd), opt_state, loss
 
 
-def evaluate_policy(params, cfg, tok, rows, *, max_new_tokens=160, seed=0, temperature=0.6):
+def evaluate_policy(params, cfg, tok, rows, *, max_new_tokens=256, seed=0, temperature=0.6):
   """(acc, mean length) on easy and hard rows with the project's sampler and grader."""
   from ceeh_jax import grading  # pylint: disable=g-import-not-at-top
   prompts = tokenizer_lib.encode_prompts(
@@ -93,24 +89,27 @@ def evaluate_policy(params, cfg, tok, rows, *, max_new_tokens=160, seed=0, tempe
   return out
 
 
-def train_base_policy(out_dir, *, steps=1500, batch=64, lr=3e-3, seed=0, hard_error_rate=0.35,
+def train_base_policy(out_dir, *, steps=2000, batch=32, lr=3e-3, seed=0, hard_error_rate=0.35,
                       log_every=100):
   t0 = time.time()
   tok_dir = syn_tok.ensure_tokenizer(os.path.join(out_dir, '_tok'))
   tok = tokenizer_lib.load_tokenizer(tok_dir)
   cfg = model_config()
   rows = task_lib.make_dataset(20000, seed=seed + 1000)
+  print(f'sft: building {len(rows)} traces', flush=True)
   rng = np.random.default_rng(seed)
-  pairs = sft_examples(tok, rows, rng, hard_error_rate)
-  length = max(len(p) + len(c) for p, c in pairs)
-  toks, w = pack(pairs, length, tok.pad_token_id)
+  pairs = sft_examples(tok, rows, seed, hard_error_rate)
+  lengths = np.array([len(p) + len(c) for p, c in pairs])
   params = qwen2_lib.init_params(cfg, jax.random.key(seed))
   sched = optax.warmup_cosine_decay_schedule(0.0, lr, 100, steps, lr * 0.05)
   opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=0.01))
   opt_state = opt.init(params)
   for i in range(steps):
     idx = rng.integers(0, len(pairs), batch)
-    params, opt_state, loss = _step(params, opt_state, toks[idx], w[idx], cfg=cfg, opt=opt)
+    # Pad each batch to its own length, rounded up to 32 (a handful of compiled shapes).
+    length = int(-(-lengths[idx].max() // 32) * 32)
+    toks, w = pack([pairs[i] for i in idx], length, tok.pad_token_id)
+    params, opt_state, loss = _step(params, opt_state, toks, w, cfg=cfg, opt=opt)
     if (i + 1) % log_every == 0:
       print(f'sft step {i + 1}/{steps} loss {float(loss):.4f} ({time.time() - t0:.0f}s)', flush=True)
   heldout = task_lib.make_dataset(256, seed=seed + 7)
@@ -125,7 +124,7 @@ def train_base_policy(out_dir, *, steps=1500, batch=64, lr=3e-3, seed=0, hard_er
 
 
 flags.DEFINE_string('out', BASE_POLICY_DIR, 'Output HF directory.')
-flags.DEFINE_integer('steps', 1500, 'SFT steps.')
+flags.DEFINE_integer('steps', 2000, 'SFT steps.')
 
 
 def main(argv):
