@@ -5,6 +5,7 @@ loop { rollout (jitted sampler) -> grade (host, bounded) -> rollout_update (jit)
        train_step per minibatch (jit, donated) -> metrics -> eval -> checkpoint }.
 """
 import functools
+import json
 import os
 import time
 
@@ -25,7 +26,7 @@ from ceeh_jax import rollouts as rollouts_lib
 from ceeh_jax import sampler as sampler_lib
 from ceeh_jax import sharding as sharding_lib
 from ceeh_jax import steps as steps_lib
-from ceeh_jax import synthetic
+from ceeh_jax.synthetic import paths as synthetic
 from ceeh_jax import tokenizer as tokenizer_lib
 from ceeh_jax.models.config import QwenConfig
 
@@ -164,6 +165,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     return sampler_lib.generate(view, prompts, rng, model_cfg=sample_cfg, cfg=cfg, mesh=mesh,
                                 rules=rules)
 
+  # --- Base-policy eval (once per workdir, kept for the closing table) ---------------------
+  eval_rng = jax.random.key(config.seed + 17)  # the same eval draws for base and final
+  base_path = os.path.join(workdir, 'base_eval.json')
+  if evals and not os.path.exists(base_path):
+    ckpt_lib.dump_json(base_path, evaluate_slice(state.params, evals, eval_prompts, config,
+                                                 rollout, tokenizer, grader, eval_rng))
+
   # --- Loop --------------------------------------------------------------------------------
   record = {}
   bar = tqdm.tqdm(total=config.total_steps, initial=start, disable=not config.progress,
@@ -232,20 +240,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                    'time/train': t4 - t3, 'tokens_per_s': n_tokens / max(t1 - t0, 1e-9),
                    'prompts_truncated': n_trunc, 'updates_skipped_total': skipped,
                    'temperature': temperature})
+    if evals and config.eval_every and (step + 1) % config.eval_every == 0:
+      record.update(evaluate_slice(state.params, evals, eval_prompts, config, rollout, tokenizer,
+                                   grader, jax.random.fold_in(sample_key, 1)))
     record = writer.write(step + 1, record)
     bar.update(1)
     bar.set_postfix_str(metric_writers.console_line(record))
 
-    # Eval and checkpoint.
-    if evals and config.eval_every and (step + 1) % config.eval_every == 0:
-      ev = evaluate_slice(state.params, evals, eval_prompts, config, rollout, tokenizer,
-                          grader, jax.random.fold_in(sample_key, 1))
-      writer.write(step + 1, ev)
+    # Checkpoint.
     if (step + 1) % config.checkpoint_every == 0 or step + 1 == end:
       ckpt.save(step + 1, state, {'iterator': iterator.get_state(),
                                   'data_fingerprint': fingerprint,
                                   'config': config.to_json_best_effort()})
   bar.close()
+  if evals and end == config.total_steps:
+    final = evaluate_slice(state.params, evals, eval_prompts, config, rollout, tokenizer, grader,
+                           eval_rng)
+    ckpt_lib.dump_json(os.path.join(workdir, 'final_eval.json'), final)
+    with open(base_path) as f:
+      table = report_table(json.load(f), final)
+    with open(os.path.join(workdir, 'report.md'), 'w') as f:
+      f.write(table + '\n')
+    print(f'\n{config.method}: base policy vs after {config.total_steps} steps '
+          f'({len(evals)} held-out questions)\n{table}')
+    record.update(final)
   ckpt.close()
   grader.close()
   writer.close()
@@ -253,13 +271,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 
 def evaluate_slice(params, evals, eval_prompts, config, rollout, tokenizer, grader, rng):
-  """ACC / LEN on the held-out slice (the periodic eval hook)."""
+  """ACC / LEN / entropy on the held-out slice, split easy/hard when rows say (meta.hard).
+
+  Entropy here is the Monte-Carlo estimate −mean log p of the sampled tokens (nats/token at
+  the eval temperature).
+  """
   s = config.sampling
-  ro = rollout(params, eval_prompts, rng, s.eval_temperature, s.eval_num_samples,
-               s.max_new_tokens, s.eval_top_p)
-  tokens, lengths = jax.device_get((ro.tokens, ro.lengths))
+  g = s.eval_num_samples
+  ro = rollout(params, eval_prompts, rng, s.eval_temperature, g, s.max_new_tokens, s.eval_top_p)
+  tokens, lengths, logps, mask = jax.device_get((ro.tokens, ro.lengths, ro.logps, ro.mask))
   texts = tokenizer_lib.decode_completions(tokenizer, tokens, lengths)
-  answers = [e.answer for e in evals for _ in range(s.eval_num_samples)]
-  grades = grader.grade_batch(texts, answers)
-  return {'eval/acc': float(np.mean([gr.correct for gr in grades])),
-          'eval/length': float(np.mean(lengths))}
+  grades = grader.grade_batch(texts, [e.answer for e in evals for _ in range(g)])
+  correct = np.array([gr.correct for gr in grades], np.float32)
+  ent = -(logps * mask).sum(1) / np.maximum(mask.sum(1), 1)
+  hard = np.array([bool(e.meta.get('hard', False)) for e in evals for _ in range(g)])
+  out = {}
+  for name, sel in (('', np.ones_like(hard)), ('/easy', ~hard), ('/hard', hard)):
+    if sel.any() and (name == '' or any(bool(e.meta.get('hard')) for e in evals)):
+      out.update({f'eval{name}/acc': float(correct[sel].mean()),
+                  f'eval{name}/length': float(lengths[sel].mean()),
+                  f'eval{name}/entropy': float(ent[sel].mean())})
+  return out
+
+
+def report_table(base: dict, final: dict) -> str:
+  """Base policy vs trained policy, per split: the default job's closing table."""
+  rows = ['| split | ACC base | ACC final | LEN base | LEN final | entropy base | entropy final |',
+          '| --- | ---: | ---: | ---: | ---: | ---: | ---: |']
+  for split in ('', '/easy', '/hard'):
+    k = f'eval{split}'
+    if f'{k}/acc' not in final:
+      continue
+    rows.append(f"| {split.strip('/') or 'all'} | {base.get(f'{k}/acc', float('nan')):.3f} | "
+                f"{final[f'{k}/acc']:.3f} | {base.get(f'{k}/length', float('nan')):.1f} | "
+                f"{final[f'{k}/length']:.1f} | {base.get(f'{k}/entropy', float('nan')):.3f} | "
+                f"{final[f'{k}/entropy']:.3f} |")
+  return '\n'.join(rows)
