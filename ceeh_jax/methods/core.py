@@ -1,0 +1,297 @@
+"""One entry point for every competing method: defaults, validation, state, dispatch.
+
+Shape legend: R responses = B prompts x G samples (prompt-major), Q training questions,
+T completion tokens. `compute` is pure and jittable with `method`, hyper-parameters and G
+static; `step` may be a host int or a traced int32 scalar.
+"""
+from typing import Any, NamedTuple
+
+from flax import struct
+import jax.numpy as jnp
+
+from ceeh_jax.methods import common
+from ceeh_jax.methods import egrc as egrc_lib
+from ceeh_jax.methods import entra as entra_lib
+from ceeh_jax.methods import history as history_lib
+from ceeh_jax.methods import length as length_lib
+
+# Paper defaults; docs/methods_table.md gives each source and our reading where it is open.
+_DEFAULTS = {
+    # Plain GRPO, correctness 1/0 (DeepSeekMath, arXiv 2402.03300).
+    'grpo': {},
+    # CEEH (arXiv 2602.22642): rewards and state live in difficulty.py, configured in config.ceeh.
+    'ceeh_me': {}, 'ceeh_ea': {},
+    # Kimi k1.5 (arXiv 2501.12599): weight on the λ term (the paper adds it unweighted).
+    'length_penalty': {'weight': 1.0},
+    # EGRC (arXiv 2511.14258): L = 4096 (§4.4); r, β, temperatures, stage length, R_format and
+    # R_answer are not in the paper's text: ours.
+    'egrc': {'length_clip': 4096, 'ratio_at_clip': 0.5, 'beta': 1.0, 'stage_steps': 200,
+             'compression_first': True, 'compress_temperature': 0.6, 'explore_temperature': 1.0,
+             'format_reward': 0.1, 'answer_reward': 1.0, 'penalty_per_1k': 0.25,
+             'explore_baseline': 'group'},
+    # ENTRA (arXiv 2601.07123): γ = 2 (its MATH setting; 1e-4 elsewhere), top 20% excluded.
+    'entra': {'gamma': 2.0, 'fraction': 0.8, 'weight': 1.0, 'correct_only': True},
+    # HAPO (arXiv 2505.11225): length-reward weight w = 1, clamp c = −0.7 for wrong responses.
+    'hapo': {'weight': 1.0, 'clamp': -0.7},
+    # ThinkPrune (arXiv 2504.01296): 4k -> 3k -> 2k limits; the step boundaries are ours.
+    'thinkprune': {'limits': (4096, 3072, 2048), 'boundaries': (100, 200)},
+    # DLER (arXiv 2510.15110): 4k truncation, clip-higher 0.28, dynamic sampling.
+    'dler': {'max_len': 4000, 'eps_high': 0.28, 'dynamic_sampling': True, 'max_rounds': 3},
+    # LASER (arXiv 2505.15612): step reward α = 0.5 under the target length.
+    'laser': {'target': 4096, 'bonus': 0.5},
+    # LASER-D (arXiv 2505.15612): three difficulty buckets, adaptive targets (ECR reading).
+    'laser_d': {'bonus': 0.5, 'budget': 8192.0, 'rate': 0.1, 'easy_acc': 2 / 3,
+                'hard_acc': 1 / 3},
+    # GRPO-λ (arXiv 2505.18086): length term for the top-λ fraction of groups by accuracy.
+    'grpo_lambda': {'top_fraction': 0.2, 'weight': 1.0},
+    # Arora & Zanette (arXiv 2502.04463): α swept in {0.05, 0.1, 0.2, 0.4}; 0.2 is ours.
+    'arora_zanette': {'alpha': 0.2},
+}
+METHODS = tuple(_DEFAULTS)
+CEEH_METHODS = ('ceeh_me', 'ceeh_ea')
+
+
+class RewardInputs(NamedTuple):
+  """What the trainer supplies per response (and per token for ENTRA)."""
+  correct: Any                  # bool[R]
+  boxed: Any                    # bool[R]   has a final boxed answer
+  lengths: Any                  # int32[R]  completion tokens, thinking and EOS included
+  truncated: Any                # bool[R]   hit max_new_tokens without EOS
+  qids: Any                     # int32[R]  question ids into history states of size Q
+  tokens: Any = None            # int32[R, T]  ENTRA only
+  token_logp: Any = None        # f32[R, T]    log p(x_i | x_<i) at the sampling temperature
+  attn_received: Any = None     # f32[R, T]    μ_i, see entra.attention_received
+  token_mask: Any = None        # bool[R, T]   completion tokens incl. EOS
+
+
+@struct.dataclass
+class MethodOutput:
+  """rewards f32[R]; advantages f32[R] or None (None -> the trainer's GRPO group advantages);
+  positive_only: static — when True, `loss_mask` bool[R] says which rows enter the objective
+  (policy, KL and entropy terms and their denominators); temperature: the stage's sampling
+  temperature or None (use the config's); new_state: the method's history; metrics: scalars."""
+  rewards: Any
+  advantages: Any
+  positive_only: bool = struct.field(pytree_node=False)
+  temperature: Any
+  new_state: dict
+  metrics: dict
+  loss_mask: Any = None
+
+
+class MethodFlags(NamedTuple):
+  """Static facts the trainer needs about a method before the step runs."""
+  needs_token_inputs: bool      # ENTRA: token ids, logp, attention received (a forward pass)
+  positive_only: bool           # EGRC: may return a loss_mask (compression stage)
+  stateful: bool                # HAPO, LASER-D: history carried in the checkpointed state
+  dynamic_sampling: bool        # DLER: regenerate until groups are informative
+  max_rounds: int               # bound on those regeneration rounds
+  eps_high: float | None        # DLER clip-higher; None = the config's grpo.eps_high
+
+
+def default_hparams(method: str) -> dict:
+  """The paper defaults of `method` (sources in the comments above and docs/methods_table.md)."""
+  if method not in _DEFAULTS:
+    raise ValueError(f'unknown method {method!r}; choose from {METHODS}')
+  return dict(_DEFAULTS[method])
+
+
+def resolve_hparams(method: str, cfg=None) -> dict:
+  """Defaults overridden by `cfg` (a mapping or ConfigDict); unknown keys and bad values raise."""
+  hp = default_hparams(method)
+  given = cfg.to_dict() if hasattr(cfg, 'to_dict') else dict(cfg or {})
+  unknown = sorted(set(given) - set(hp))
+  if unknown:
+    raise ValueError(f'{method}: unknown hyper-parameters {unknown}; known: {sorted(hp)}')
+  hp.update(given)
+  _validate(method, hp)
+  return hp
+
+
+def _require(ok: bool, method: str, message: str):
+  if not ok:
+    raise ValueError(f'{method}: {message}')
+
+
+def _validate(method: str, hp: dict):
+  if method == 'egrc':
+    _require(0 < hp['ratio_at_clip'] < 1, method, f"ratio_at_clip must be in (0, 1), got {hp['ratio_at_clip']}")
+    _require(hp['length_clip'] > 0, method, f"length_clip must be > 0, got {hp['length_clip']}")
+    _require(hp['beta'] > 0, method, f"beta must be > 0, got {hp['beta']}")
+    _require(hp['stage_steps'] >= 0, method, f"stage_steps must be >= 0, got {hp['stage_steps']}")
+    _require(hp['explore_baseline'] in ('group', 'batch'), method,
+             f"explore_baseline must be 'group' or 'batch', got {hp['explore_baseline']!r}")
+  elif method == 'entra':
+    _require(0 < hp['fraction'] <= 1, method, f"fraction must be in (0, 1], got {hp['fraction']}")
+    _require(hp['gamma'] >= 0, method, f"gamma must be >= 0, got {hp['gamma']}")
+  elif method == 'hapo':
+    _require(hp['clamp'] <= 0, method, f"clamp must be <= 0, got {hp['clamp']}")
+  elif method == 'thinkprune':
+    lim, bnd = tuple(hp['limits']), tuple(hp['boundaries'])
+    _require(len(lim) == len(bnd) + 1 and all(x > 0 for x in lim), method,
+             f'need one positive limit per stage (len(boundaries) + 1), got {lim}, {bnd}')
+    _require(all(a < b for a, b in zip(bnd, bnd[1:])), method,
+             f'boundaries must increase strictly, got {bnd}')
+  elif method == 'dler':
+    _require(hp['max_len'] > 0, method, f"max_len must be > 0, got {hp['max_len']}")
+    _require(hp['max_rounds'] >= 1, method, f"max_rounds must be >= 1, got {hp['max_rounds']}")
+  elif method == 'laser_d':
+    _require(0 < hp['rate'] <= 1, method, f"rate must be in (0, 1], got {hp['rate']}")
+    _require(hp['hard_acc'] < hp['easy_acc'], method, 'hard_acc must be below easy_acc')
+  elif method == 'grpo_lambda':
+    _require(0 < hp['top_fraction'] <= 1, method,
+             f"top_fraction must be in (0, 1], got {hp['top_fraction']}")
+
+
+def init_state(method: str, num_questions: int, cfg=None) -> dict:
+  """The history `method` carries across batches ({} for stateless methods)."""
+  hp = resolve_hparams(method, cfg)
+  if method == 'hapo':
+    if num_questions < 1:
+      raise ValueError(f'hapo: num_questions must be >= 1, got {num_questions}')
+    return history_lib.init_hapo_state(num_questions)
+  if method == 'laser_d':
+    return history_lib.init_laser_d_state(hp['budget'])
+  return {}
+
+
+def trainer_flags(method: str, cfg=None) -> MethodFlags:
+  hp = resolve_hparams(method, cfg)
+  return MethodFlags(
+      needs_token_inputs=method == 'entra', positive_only=method == 'egrc',
+      stateful=method in ('hapo', 'laser_d'),
+      dynamic_sampling=method == 'dler' and bool(hp['dynamic_sampling']),
+      max_rounds=int(hp.get('max_rounds', 1)), eps_high=hp.get('eps_high'))
+
+
+def sampling_temperature(method: str, cfg, step: int, default: float) -> float:
+  """Host: the rollout temperature at `step` (EGRC's stages set their own)."""
+  if method != 'egrc':
+    return default
+  hp = resolve_hparams(method, cfg)
+  explore = egrc_lib.egrc_stage(int(step), hp) == egrc_lib.EXPLORE
+  return float(hp['explore_temperature'] if explore else hp['compress_temperature'])
+
+
+def generation_limit(method: str, cfg, step: int, default: int) -> int:
+  """Host: max_new_tokens at `step`. Clipping methods stop sampling at their limit (over it the
+  reward is 0 anyway): EGRC's compression stage, ThinkPrune's current stage, DLER."""
+  hp = resolve_hparams(method, cfg)
+  if method == 'egrc' and egrc_lib.egrc_stage(int(step), hp) == egrc_lib.COMPRESS:
+    return min(default, int(hp['length_clip']))
+  if method == 'thinkprune':
+    return min(default, length_lib.thinkprune_limit(int(step), hp['limits'], hp['boundaries']))
+  if method == 'dler':
+    return min(default, int(hp['max_len']))
+  return default
+
+
+def _normalize(inp: RewardInputs, group_size: int) -> RewardInputs:
+  """Checks every per-response array is [R] with R = B·G; casts to bool / int32."""
+  cast = {'correct': bool, 'boxed': bool, 'truncated': bool, 'lengths': jnp.int32,
+          'qids': jnp.int32}
+  r = None if inp.correct is None else jnp.shape(inp.correct)[0]
+  fixed = {}
+  for name, dtype in cast.items():
+    x = getattr(inp, name)
+    if x is None or r is None or jnp.shape(x) != (r,):
+      raise ValueError(f'RewardInputs.{name} must have shape [R] (R = {r}), got '
+                       f'{None if x is None else jnp.shape(x)}')
+    fixed[name] = jnp.asarray(x).astype(dtype)
+  common.groups(fixed['correct'], group_size)   # raises unless R = B·G
+  return inp._replace(**fixed)
+
+
+def _out(rewards, state, metrics=None, *, advantages=None):
+  return MethodOutput(rewards=rewards.astype(jnp.float32), advantages=advantages,
+                      positive_only=False, temperature=None, new_state=state,
+                      metrics=metrics or {})
+
+
+def _state_key(method, state, key):
+  if not isinstance(state, dict) or key not in state:
+    raise ValueError(f'{method} needs its history state {{{key!r}: ...}}; build it with '
+                     f'methods.init_state({method!r}, num_questions)')
+
+
+def compute(method: str, cfg, inputs: RewardInputs, state: dict, step, *,
+            group_size: int) -> MethodOutput:
+  """Rewards (and, for EGRC and DLER, advantages) of one rollout batch under `method`."""
+  if method in CEEH_METHODS:
+    raise ValueError(f'{method}: CEEH rewards come from difficulty.ceeh_step, not methods')
+  hp = resolve_hparams(method, cfg)
+  inp = _normalize(inputs, group_size)
+  g = group_size
+  c, length = inp.correct, inp.lengths
+  cf = c.astype(jnp.float32)
+  if method == 'grpo':
+    return _out(cf, state)
+  if method == 'length_penalty':
+    r = length_lib.length_penalty_rewards(c, length, g, hp['weight'])
+    return _out(r, state, {'length_term': (r - cf).mean()})
+  if method == 'grpo_lambda':
+    r, chosen = length_lib.grpo_lambda_rewards(c, length, g, hp['top_fraction'], hp['weight'])
+    return _out(r, state, {'shaped_groups': chosen.mean(), 'length_term': (r - cf).mean()})
+  if method == 'arora_zanette':
+    r = length_lib.arora_zanette_rewards(c, length, g, hp['alpha'])
+    return _out(r, state, {'length_term': (r - cf).mean()})
+  if method == 'laser':
+    r = length_lib.laser_rewards(c, length, hp['target'], hp['bonus'])
+    return _out(r, state, {'bonus_fraction': (r > 1).mean()})
+  if method == 'thinkprune':
+    limit = length_lib.thinkprune_limit(step, hp['limits'], hp['boundaries'])
+    r = length_lib.clipped_correct(c, length, inp.truncated, limit)
+    return _out(r, state, {'limit': jnp.asarray(limit, jnp.float32),
+                           'clipped': (cf - r).mean()})
+  if method == 'dler':
+    r = length_lib.clipped_correct(c, length, inp.truncated, hp['max_len'])
+    informative = length_lib.informative_groups(r, g)
+    return _out(r, state, {'informative_groups': informative.mean(), 'clipped': (cf - r).mean()},
+                advantages=length_lib.dler_advantages(r, g))
+  if method == 'hapo':
+    _state_key(method, state, 'min_len')
+    r, new = history_lib.hapo_rewards(c, length, inp.qids, state, hp['weight'], hp['clamp'])
+    seen = state['min_len'][inp.qids] > 0
+    return _out(r, new, {'history_set': seen.mean(), 'length_term': (r - cf).mean()})
+  if method == 'laser_d':
+    _state_key(method, state, 'targets')
+    r, new, bucket, _ = history_lib.laser_d_rewards(
+        c, length, g, state, bonus=hp['bonus'], budget=hp['budget'], rate=hp['rate'],
+        easy_acc=hp['easy_acc'], hard_acc=hp['hard_acc'])
+    metrics = {f'target_{name}': new['targets'][i] for i, name in enumerate(('easy', 'medium', 'hard'))}
+    metrics['easy_groups'] = (bucket == history_lib.EASY).mean()
+    return _out(r, new, metrics)
+  if method == 'entra':
+    entra_lib.entra_check(inp.tokens, inp.token_logp, inp.attn_received, inp.token_mask)
+    if inp.tokens.shape[0] != c.shape[0]:
+      raise ValueError(f'entra per-token inputs have {inp.tokens.shape[0]} rows, not {c.shape[0]}')
+    importance = entra_lib.entra_importance(inp.token_logp, inp.attn_received, inp.token_mask,
+                                            hp['gamma'])
+    score, _ = entra_lib.entra_redundancy(inp.tokens, importance, inp.token_mask, hp['fraction'])
+    r = entra_lib.entra_rewards(c, score, hp['weight'], hp['correct_only'])
+    return _out(r, state, {'redundancy_score': score.mean()})
+  if method == 'egrc':
+    return _egrc(hp, inp, state, step, g)
+  raise ValueError(f'unknown method {method!r}; choose from {METHODS}')
+
+
+def _egrc(hp, inp, state, step, g) -> MethodOutput:
+  stage = egrc_lib.egrc_stage(step, hp)
+  rewards, advantages, mask = egrc_lib.egrc(inp.correct, inp.boxed, inp.lengths, inp.truncated,
+                                            g, stage, hp)
+  temps = (float(hp['compress_temperature']), float(hp['explore_temperature']))
+  metrics = {'stage': jnp.asarray(stage, jnp.float32),
+             'over_clip': (inp.lengths > hp['length_clip']).mean()}
+  if common.is_traced(step):
+    # Stage unknown at trace time: keep the mask (all True while exploring).
+    temperature = jnp.where(stage == egrc_lib.COMPRESS, temps[0], temps[1])
+    return MethodOutput(rewards, advantages, True, temperature, state, metrics, mask)
+  compress = stage == egrc_lib.COMPRESS
+  return MethodOutput(rewards, advantages, compress, temps[0] if compress else temps[1], state,
+                      metrics, mask if compress else None)
+
+
+def loss_mask(out: MethodOutput):
+  """bool[R] of the rows that enter the objective, or None for all of them."""
+  return out.loss_mask if out.positive_only else None
+
