@@ -22,6 +22,7 @@ from ceeh_jax import grading as grading_lib
 from ceeh_jax import hf_io
 from ceeh_jax import methods as methods_lib
 from ceeh_jax import metric_writers
+from ceeh_jax import metrics as metrics_lib
 from ceeh_jax import rollouts as rollouts_lib
 from ceeh_jax import sampler as sampler_lib
 from ceeh_jax import sharding as sharding_lib
@@ -291,6 +292,9 @@ def evaluate_slice(params, evals, eval_prompts, config, rollout, tokenizer, grad
       out.update({f'eval{name}/acc': float(correct[sel].mean()),
                   f'eval{name}/length': float(lengths[sel].mean()),
                   f'eval{name}/entropy': float(ent[sel].mean())})
+      if g > 1:  # unbiased pass@G over each question's G samples
+        per_q = correct[sel].reshape(-1, g).astype(bool)
+        out[f'eval{name}/pass@k'] = float(metrics_lib.mean_pass_at_k(per_q, g))
   return out
 
 

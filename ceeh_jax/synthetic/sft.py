@@ -10,6 +10,7 @@ everywhere.
 import functools
 import json
 import os
+import tempfile
 import time
 
 from absl import app
@@ -90,9 +91,9 @@ def evaluate_policy(params, cfg, tok, rows, *, max_new_tokens=256, seed=0, tempe
 
 
 def train_base_policy(out_dir, *, steps=2000, batch=32, lr=3e-3, seed=0, hard_error_rate=0.35,
-                      log_every=100):
+                      log_every=100, init_dir=None):
   t0 = time.time()
-  tok_dir = syn_tok.ensure_tokenizer(os.path.join(out_dir, '_tok'))
+  tok_dir = syn_tok.ensure_tokenizer(tempfile.mkdtemp(prefix='ceeh_tok_'))
   tok = tokenizer_lib.load_tokenizer(tok_dir)
   cfg = model_config()
   rows = task_lib.make_dataset(20000, seed=seed + 1000)
@@ -100,7 +101,12 @@ def train_base_policy(out_dir, *, steps=2000, batch=32, lr=3e-3, seed=0, hard_er
   rng = np.random.default_rng(seed)
   pairs = sft_examples(tok, rows, seed, hard_error_rate)
   lengths = np.array([len(p) + len(c) for p, c in pairs])
-  params = qwen2_lib.init_params(cfg, jax.random.key(seed))
+  if init_dir:  # continue an earlier SFT run
+    _, params = hf_io.load_hf(init_dir)
+    params = jax.tree.map(np.asarray, params)
+    rng = np.random.default_rng(seed + 1)
+  else:
+    params = qwen2_lib.init_params(cfg, jax.random.key(seed))
   sched = optax.warmup_cosine_decay_schedule(0.0, lr, 100, steps, lr * 0.05)
   opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=0.01))
   opt_state = opt.init(params)
@@ -125,11 +131,14 @@ def train_base_policy(out_dir, *, steps=2000, batch=32, lr=3e-3, seed=0, hard_er
 
 flags.DEFINE_string('out', BASE_POLICY_DIR, 'Output HF directory.')
 flags.DEFINE_integer('steps', 2000, 'SFT steps.')
+flags.DEFINE_string('init', None, 'Continue from this HF directory (an earlier SFT output).')
+flags.DEFINE_float('lr', 3e-3, 'Peak learning rate.')
 
 
 def main(argv):
   del argv
-  train_base_policy(flags.FLAGS.out, steps=flags.FLAGS.steps)
+  train_base_policy(flags.FLAGS.out, steps=flags.FLAGS.steps, init_dir=flags.FLAGS.init,
+                    lr=flags.FLAGS.lr)
 
 
 if __name__ == '__main__':
