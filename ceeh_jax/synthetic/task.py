@@ -10,7 +10,7 @@ Easy steps apply a digit to the previous variable. Hard problems have more steps
 half of their steps combine the previous variable with an earlier one (a lookup further back),
 so there are more chances to slip and a slip propagates. Each step of a trace substitutes the
 values and writes the result (`c=7*3=1`), so a tiny transformer only ever copies two digits and
-applies one of ~300 digit facts; easy questions become reliable and hard ones stay hit or miss.
+applies one of ~400 digit facts; easy questions become reliable and hard ones stay hit or miss.
 
 `concise_trace` is the minimal chain; `verbose_trace` adds what R1-Distill adds (a restated
 goal, symbolic step forms, "wait, check" re-computations, a repeated result, a recap), each

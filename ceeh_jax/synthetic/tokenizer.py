@@ -117,6 +117,7 @@ def ensure_tokenizer(cache_dir: str) -> str:
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix='.tokenizer-', dir=parent)
   try:
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is an ordinary directory
     for name, text in files.items():
       with open(os.path.join(tmp, name), 'w', encoding='utf-8') as f:
         f.write(text)
