@@ -4,9 +4,11 @@ Shape legend: R responses = B prompts x G samples (prompt-major), Q training que
 T completion tokens. `compute` is pure and jittable with `method`, hyper-parameters and G
 static; `step` may be a host int or a traced int32 scalar.
 """
+import functools
 from typing import Any, NamedTuple
 
 from flax import struct
+import jax
 import jax.numpy as jnp
 
 from ceeh_jax.methods import common
@@ -115,7 +117,8 @@ def _require(ok: bool, method: str, message: str):
 
 def _validate(method: str, hp: dict):
   if method == 'egrc':
-    _require(0 < hp['ratio_at_clip'] < 1, method, f"ratio_at_clip must be in (0, 1), got {hp['ratio_at_clip']}")
+    _require(0 < hp['ratio_at_clip'] < 1, method,
+             f"ratio_at_clip must be in (0, 1), got {hp['ratio_at_clip']}")
     _require(hp['length_clip'] > 0, method, f"length_clip must be > 0, got {hp['length_clip']}")
     _require(hp['beta'] > 0, method, f"beta must be > 0, got {hp['beta']}")
     _require(hp['stage_steps'] >= 0, method, f"stage_steps must be >= 0, got {hp['stage_steps']}")
@@ -186,8 +189,8 @@ def generation_limit(method: str, cfg, step: int, default: int) -> int:
   return default
 
 
-def _normalize(inp: RewardInputs, group_size: int) -> RewardInputs:
-  """Checks every per-response array is [R] with R = B·G; casts to bool / int32."""
+def _normalize(method: str, inp: RewardInputs, state, group_size: int) -> RewardInputs:
+  """Checks shapes (every per-response array [R], R = B·G) and state; casts dtypes."""
   cast = {'correct': bool, 'boxed': bool, 'truncated': bool, 'lengths': jnp.int32,
           'qids': jnp.int32}
   r = None if inp.correct is None else jnp.shape(inp.correct)[0]
@@ -199,33 +202,53 @@ def _normalize(inp: RewardInputs, group_size: int) -> RewardInputs:
                        f'{None if x is None else jnp.shape(x)}')
     fixed[name] = jnp.asarray(x).astype(dtype)
   common.groups(fixed['correct'], group_size)   # raises unless R = B·G
-  return inp._replace(**fixed)
-
-
-def _out(rewards, state, metrics=None, *, advantages=None):
-  return MethodOutput(rewards=rewards.astype(jnp.float32), advantages=advantages,
-                      positive_only=False, temperature=None, new_state=state,
-                      metrics=metrics or {})
-
-
-def _state_key(method, state, key):
-  if not isinstance(state, dict) or key not in state:
+  if method == 'entra':
+    entra_lib.entra_check(inp.tokens, inp.token_logp, inp.attn_received, inp.token_mask)
+    if jnp.shape(inp.tokens)[0] != r:
+      raise ValueError(f'entra per-token inputs have {jnp.shape(inp.tokens)[0]} rows, not {r}')
+  key = {'hapo': 'min_len', 'laser_d': 'targets'}.get(method)
+  if key and (not isinstance(state, dict) or key not in state):
     raise ValueError(f'{method} needs its history state {{{key!r}: ...}}; build it with '
                      f'methods.init_state({method!r}, num_questions)')
+  return inp._replace(**fixed)
 
 
 def compute(method: str, cfg, inputs: RewardInputs, state: dict, step, *,
             group_size: int) -> MethodOutput:
-  """Rewards (and, for EGRC and DLER, advantages) of one rollout batch under `method`."""
+  """Rewards (and, for EGRC and DLER, advantages) of one rollout batch under `method`.
+
+  Works eagerly and inside the trainer's jit. With a host `step`, EGRC's `positive_only` and
+  `temperature` are the active stage's static values; with a traced step the stage is unknown
+  at trace time, so EGRC returns positive_only=True with a loss_mask that is all True while
+  exploring, and a traced temperature.
+  """
   if method in CEEH_METHODS:
     raise ValueError(f'{method}: CEEH rewards come from difficulty.ceeh_step, not methods')
   hp = resolve_hparams(method, cfg)
-  inp = _normalize(inputs, group_size)
-  g = group_size
+  inp = _normalize(method, inputs, state, group_size)
+  frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in hp.items()))
+  out = _compute(method, frozen, group_size, inp, state, jnp.asarray(step, jnp.int32))
+  if method != 'egrc' or common.is_traced(step):
+    return out
+  compress = egrc_lib.egrc_stage(int(step), hp) == egrc_lib.COMPRESS
+  temperature = hp['compress_temperature'] if compress else hp['explore_temperature']
+  return out.replace(positive_only=compress, temperature=float(temperature),
+                     loss_mask=out.loss_mask if compress else None)
+
+
+def _out(rewards, state, metrics, advantages=None):
+  return MethodOutput(rewards=rewards.astype(jnp.float32), advantages=advantages,
+                      positive_only=False, temperature=None, new_state=state, metrics=metrics)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _compute(method: str, frozen: tuple, g: int, inp: RewardInputs, state, step):
+  """The jitted body (one compile per method, hyper-parameters, G and shapes)."""
+  hp = dict(frozen)
   c, length = inp.correct, inp.lengths
   cf = c.astype(jnp.float32)
   if method == 'grpo':
-    return _out(cf, state)
+    return _out(cf, state, {})
   if method == 'length_penalty':
     r = length_lib.length_penalty_rewards(c, length, g, hp['weight'])
     return _out(r, state, {'length_term': (r - cf).mean()})
@@ -241,57 +264,41 @@ def compute(method: str, cfg, inputs: RewardInputs, state: dict, step, *,
   if method == 'thinkprune':
     limit = length_lib.thinkprune_limit(step, hp['limits'], hp['boundaries'])
     r = length_lib.clipped_correct(c, length, inp.truncated, limit)
-    return _out(r, state, {'limit': jnp.asarray(limit, jnp.float32),
-                           'clipped': (cf - r).mean()})
+    return _out(r, state, {'limit': jnp.asarray(limit, jnp.float32), 'clipped': (cf - r).mean()})
   if method == 'dler':
     r = length_lib.clipped_correct(c, length, inp.truncated, hp['max_len'])
-    informative = length_lib.informative_groups(r, g)
-    return _out(r, state, {'informative_groups': informative.mean(), 'clipped': (cf - r).mean()},
-                advantages=length_lib.dler_advantages(r, g))
+    metrics = {'informative_groups': length_lib.informative_groups(r, g).mean(),
+               'clipped': (cf - r).mean()}
+    return _out(r, state, metrics, length_lib.dler_advantages(r, g))
   if method == 'hapo':
-    _state_key(method, state, 'min_len')
     r, new = history_lib.hapo_rewards(c, length, inp.qids, state, hp['weight'], hp['clamp'])
     seen = state['min_len'][inp.qids] > 0
     return _out(r, new, {'history_set': seen.mean(), 'length_term': (r - cf).mean()})
   if method == 'laser_d':
-    _state_key(method, state, 'targets')
     r, new, bucket, _ = history_lib.laser_d_rewards(
         c, length, g, state, bonus=hp['bonus'], budget=hp['budget'], rate=hp['rate'],
         easy_acc=hp['easy_acc'], hard_acc=hp['hard_acc'])
-    metrics = {f'target_{name}': new['targets'][i] for i, name in enumerate(('easy', 'medium', 'hard'))}
+    metrics = {f'target_{name}': new['targets'][i]
+               for i, name in enumerate(('easy', 'medium', 'hard'))}
     metrics['easy_groups'] = (bucket == history_lib.EASY).mean()
     return _out(r, new, metrics)
   if method == 'entra':
-    entra_lib.entra_check(inp.tokens, inp.token_logp, inp.attn_received, inp.token_mask)
-    if inp.tokens.shape[0] != c.shape[0]:
-      raise ValueError(f'entra per-token inputs have {inp.tokens.shape[0]} rows, not {c.shape[0]}')
     importance = entra_lib.entra_importance(inp.token_logp, inp.attn_received, inp.token_mask,
                                             hp['gamma'])
     score, _ = entra_lib.entra_redundancy(inp.tokens, importance, inp.token_mask, hp['fraction'])
     r = entra_lib.entra_rewards(c, score, hp['weight'], hp['correct_only'])
     return _out(r, state, {'redundancy_score': score.mean()})
   if method == 'egrc':
-    return _egrc(hp, inp, state, step, g)
-  raise ValueError(f'unknown method {method!r}; choose from {METHODS}')
-
-
-def _egrc(hp, inp, state, step, g) -> MethodOutput:
-  stage = egrc_lib.egrc_stage(step, hp)
-  rewards, advantages, mask = egrc_lib.egrc(inp.correct, inp.boxed, inp.lengths, inp.truncated,
-                                            g, stage, hp)
-  temps = (float(hp['compress_temperature']), float(hp['explore_temperature']))
-  metrics = {'stage': jnp.asarray(stage, jnp.float32),
-             'over_clip': (inp.lengths > hp['length_clip']).mean()}
-  if common.is_traced(step):
-    # Stage unknown at trace time: keep the mask (all True while exploring).
-    temperature = jnp.where(stage == egrc_lib.COMPRESS, temps[0], temps[1])
+    stage = egrc_lib.egrc_stage(step, hp)
+    rewards, advantages, mask = egrc_lib.egrc(c, inp.boxed, length, inp.truncated, g, stage, hp)
+    temperature = jnp.where(stage == egrc_lib.COMPRESS, hp['compress_temperature'],
+                            hp['explore_temperature'])
+    metrics = {'stage': jnp.asarray(stage, jnp.float32),
+               'over_clip': (length > hp['length_clip']).mean()}
     return MethodOutput(rewards, advantages, True, temperature, state, metrics, mask)
-  compress = stage == egrc_lib.COMPRESS
-  return MethodOutput(rewards, advantages, compress, temps[0] if compress else temps[1], state,
-                      metrics, mask if compress else None)
+  raise ValueError(f'unknown method {method!r}; choose from {METHODS}')
 
 
 def loss_mask(out: MethodOutput):
   """bool[R] of the rows that enter the objective, or None for all of them."""
   return out.loss_mask if out.positive_only else None
-

@@ -46,7 +46,7 @@ def egrc_explore_rewards(correct, boxed, lengths, length_clip: int, format_rewar
 
 
 def egrc_explore_advantages(rewards, group_size: int, baseline: str):
-  """(R − μ)/σ with μ, σ over each prompt's group ('group', GRPO) or the whole batch ('batch')."""
+  """(R − μ)/σ, μ and σ over each prompt's group ('group', GRPO) or the batch ('batch')."""
   if baseline == 'group':
     return common.group_advantages(rewards, group_size, std_normalize=True)
   return common.batch_advantages(rewards, std_normalize=True)

@@ -8,10 +8,13 @@ of token ids and its entropy H, normalised by its upper bound log n. H/log n ∈
 every low-importance token is distinct and falls as the same tokens repeat ("wait", "so", …):
 the paper's redundancy reward, maximised under GRPO.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 
 
+@jax.jit
 def attention_received(attn_probs, mask):
   """μ f32[R, T]: mean over heads and valid later queries j > i of attn_probs[r, n, j, i].
 
@@ -42,6 +45,7 @@ def select_low_importance(importance, mask, fraction: float):
   return mask & (rank < keep[:, None])
 
 
+@jax.jit
 def token_type_entropy(tokens, select):
   """Entropy (nats) of the token-id distribution over the selected positions, per row.
 
@@ -64,6 +68,7 @@ def token_type_entropy(tokens, select):
   return jax.vmap(one)(tokens, select)
 
 
+@functools.partial(jax.jit, static_argnames=('fraction',))
 def entra_redundancy(tokens, importance, mask, fraction: float = 0.8):
   """Normalised entropy H/log n of the low-importance set, f32[R] in [0, 1].
 
