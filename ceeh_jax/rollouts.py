@@ -45,16 +45,20 @@ def encode_prompts(tokenizer, examples, *, instruction, think_prefix, max_tokens
 
 
 def make_batch(prompts, rollout: sampler_lib.Rollout, group_size: int, pad_id: int,
-               bucket: int | None = None) -> steps_lib.Batch:
+               bucket: int | None = None, lengths=None) -> steps_lib.Batch:
   """Training batch for all R = B·G responses (prompt rows repeated G times)."""
   toks, mask = sampler_lib.pad_prompts(prompts, pad_id, bucket)
   r, m = rollout.tokens.shape
+  # Train only on the generated part: trim the completion columns to a power-of-two bucket of
+  # the longest response (few shapes, few compiles; no forward/backward over pure padding).
+  longest = int(jax.device_get(rollout.lengths).max()) if lengths is None else int(max(lengths))
+  m = min(m, sampler_lib.bucket_length(longest, minimum=32))
   zeros = jnp.zeros((r, m), jnp.float32)
   return steps_lib.Batch(prompt=jnp.asarray(np.repeat(toks, group_size, 0)),
                          prompt_mask=jnp.asarray(np.repeat(mask, group_size, 0)),
-                         completion=rollout.tokens, mask=rollout.mask, old_logp=rollout.logps,
-                         ref_logp=zeros, advantages=jnp.zeros((r,), jnp.float32),
-                         hard=jnp.zeros((r,), jnp.float32))
+                         completion=rollout.tokens[:, :m], mask=rollout.mask[:, :m],
+                         old_logp=rollout.logps[:, :m], ref_logp=zeros,
+                         advantages=jnp.zeros((r,), jnp.float32), hard=jnp.zeros((r,), jnp.float32))
 
 
 def minibatches(batch: steps_lib.Batch, size: int):

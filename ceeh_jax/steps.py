@@ -237,7 +237,7 @@ def minibatch_loss(train_params, frozen, batch: Batch, temperature, it, *,
   use_me = config.method == 'ceeh_me' and config.ceeh.entropy_coef > 0
   use_ea = config.method == 'ceeh_ea'
   use_kl = g.kl_coef > 0
-  t_max = batch.completion.shape[1]
+  t_max = config.sampling.max_new_tokens  # Dr.GRPO: a constant, not the trimmed batch width
 
   # Denominators of the whole minibatch first, so micro-batch sums add up exactly.
   _, pg_den = losses_lib.aggregate(jnp.zeros(batch.mask.shape), batch.mask, g.aggregation,

@@ -200,7 +200,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     t2 = time.perf_counter()
 
     # Scores, rewards, advantages.
-    batch = rollouts_lib.make_batch([train_prompts[i] for i in idx], ro, g, pad_id)
+    batch = rollouts_lib.make_batch([train_prompts[i] for i in idx], ro, g, pad_id,
+                                     lengths=lengths_np)
     if config.old_logp == 'recompute':
       batch = batch.replace(old_logp=score(state.params, batch, jnp.float32(temperature)))
     if config.grpo.kl_coef > 0:
