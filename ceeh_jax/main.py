@@ -10,6 +10,7 @@ import os
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -26,6 +27,8 @@ flags.DEFINE_enum('mode', None, ['train', 'eval', 'fingerprint'],
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:  # orbax logs every save at INFO; keep the bar readable
+    logging.set_verbosity(logging.WARNING)
   config = flags.FLAGS.config
   workdir = flags.FLAGS.workdir or os.path.join(
       'runs', os.path.splitext(os.path.basename(flags.FLAGS['config'].config_filename))[0])
