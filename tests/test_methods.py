@@ -100,21 +100,28 @@ def test_laser_step_bonus_under_target():
 
 
 def test_laser_d_bucket_targets_and_ecr_update():
-  state = {'targets': jnp.asarray([1000.0, 2000.0, 3000.0])}
-  correct = [T, T, T, T] + [T, T, F, F] + [F, F, F, F]      # easy, medium, hard groups
-  lengths = [100, 200, 300, 400] + [1500, 2500, 10, 10] + [5, 5, 5, 5]
-  out = _run('laser_d', _inp(correct, lengths), 4, state=state, rate=0.5, budget=8192.0)
-  _close(out.rewards, [1.5] * 4 + [1.5, 1, 0, 0] + [0] * 4)
-  # One group per bucket -> ECR target = shortest correct length; hard has none -> budget.
-  _close(out.new_state['targets'], [1000 - 450, 2000 - 250, 3000 + 0.5 * 5192])
+  state = {'targets': jnp.asarray([5000.0, 6000.0, 7000.0])}
+  hp = dict(rate=1.0, budget=8000.0, min_target=1000.0, interval=1000.0)
+  correct = [T, T, T, T] + [T, T, F, F] + [T, F, F, F]      # acc 1 easy, .5 medium, .25 hard
+  lengths = [1500, 2500, 3500, 9000] + [5500, 6500, 100, 200] + [7500, 10, 10, 10]
+  out = _run('laser_d', _inp(correct, lengths), 4, state=state, **hp)
+  # Targets before the update: 5000 / 6000 / 7000.
+  _close(out.rewards, [1.5, 1.5, 1.5, 1] + [1.5, 1, 0, 0] + [1, 0, 0, 0])
+  # G = 4: fewest correct per group c = (2, 1, 1). Easy: P(len ≤ L) ≥ 1/2 at the 2nd shortest
+  # (2500) -> grid 3000; medium/hard need P = 1: the longest (6500, 7500) -> 7000, 8000.
+  _close(out.new_state['targets'], [3000, 7000, 8000])
+  out = _run('laser_d', _inp(correct, lengths), 4, state=state, **dict(hp, budget=7500.0))
+  _close(out.new_state['targets'], [3000, 7000, 7500])    # off the grid's end -> budget
 
 
-def test_laser_d_ecr_counts_groups_and_skips_empty_buckets():
-  state = {'targets': jnp.asarray([1000.0, 2000.0, 3000.0])}
-  # Two easy groups: ECR(L) = #correct ≤ L / 2 reaches 1 at the 2nd shortest correct length.
-  out = _run('laser_d', _inp([T] * 8, [700, 50, 900, 800, 60, 990, 999, 998]), 4, state=state,
-             rate=1.0)
-  _close(out.new_state['targets'], [60, 2000, 3000])
+def test_laser_d_ema_and_buckets_without_groups_keep_targets():
+  state = {'targets': jnp.asarray([5000.0, 6000.0, 7000.0])}
+  out = _run('laser_d', _inp([T] * 8, [100, 200, 300, 400, 500, 600, 700, 800]), 4, state=state,
+             rate=0.5, min_target=1000.0)
+  # 8 easy responses, P ≥ 1/2 at the 4th shortest (400) -> grid floor 1000; EMA halfway.
+  _close(out.new_state['targets'], [3000, 6000, 7000])
+  _close(out.rewards, [1.5] * 8)
+  _close(_run('laser_d', _inp([F] * 4, [1] * 4), 4, state=state).rewards, [0] * 4)
 
 
 # --- ThinkPrune and DLER ------------------------------------------------------------------
@@ -163,16 +170,19 @@ def test_hapo_cosine_reward_against_history_then_update():
   inp = _inp([T, T, F, F] + [F, T, T, F], [200, 400, 800, 100] + [50, 300, 250, 900],
              qids=[1] * 4 + [0] * 4)
   out = _run('hapo', inp, 4, state=state)
-  # L/h = .5 -> cos(π/4); = 1 -> 0; wrong at 2h -> max(−.7, −1); wrong short -> min(0, ·) = 0.
-  _close(out.rewards, [1 + math.cos(math.pi / 4), 1, -0.7, 0] + [0, 1, 1, 0])
+  # L/h = .5 -> cos(π/4); = 1 -> 0; wrong at 2h -> min(0, −1); wrong short -> min(0, ·) = 0.
+  _close(out.rewards, [1 + math.cos(math.pi / 4), 1, -1, 0] + [0, 1, 1, 0])
   _close(out.new_state['min_len'], [250, 200, 200, 0])
 
 
 def test_hapo_all_wrong_keeps_history_and_duplicates_act_grouped():
   state = {'min_len': jnp.asarray([0.0, 400.0, 0.0, 0.0])}
   out = _run('hapo', _inp([F] * 4, [100, 400, 500, 900], qids=[1] * 4), 4, state=state)
-  _close(out.rewards, [0, 0, math.cos(0.625 * math.pi), -0.7])
+  _close(out.rewards, [0, 0, math.cos(0.625 * math.pi), -1])
   _close(out.new_state['min_len'], state['min_len'])
+  # Correct but long: the length term is clamped at −0.7, so it still beats any wrong answer.
+  out = _run('hapo', _inp([T] * 4, [500, 700, 800, 900], qids=[1] * 4), 4, state=state)
+  _close(out.rewards, [1 + math.cos(0.625 * math.pi), 0.3, 0.3, 0.3])
   # Two groups of q1 in one batch: both scored against the pre-batch h, h takes the joint min.
   inp = _inp([T, F, F, F] + [F, T, F, F], [100, 9, 9, 9] + [9, 300, 9, 9], qids=[1] * 8)
   out4 = _run('hapo', inp, 4, state=state)
@@ -330,7 +340,7 @@ def test_hparams_validation_and_state():
     assert isinstance(methods_lib.default_hparams(m), dict)
   assert methods_lib.init_state('grpo', 3) == {}
   _close(methods_lib.init_state('hapo', 3)['min_len'], [0, 0, 0])
-  _close(methods_lib.init_state('laser_d', 3)['targets'], [8192] * 3)
+  _close(methods_lib.init_state('laser_d', 3)['targets'], [16384] * 3)
   with pytest.raises(ValueError, match='difficulty.ceeh_step'):
     _run('ceeh_me', _inp([T, F], [1, 2]), 2, state={})
   with pytest.raises(ValueError, match='groups of 3'):

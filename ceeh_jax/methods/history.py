@@ -5,6 +5,8 @@ States are dicts of f32 arrays, carried through jit and checkpointed with the di
 Rewards use the state from before this batch; the update follows. Question ids repeated inside
 a batch are reduced with segment ops, so two groups of one question act as one larger group.
 """
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -26,14 +28,14 @@ def hapo_length_reward(correct, lengths, history, weight: float = 1.0, clamp: fl
   """HAPO (arXiv 2505.11225) length term, f32[R], from history h f32[R] (0 = unset).
 
   f = cos(π/2 · min(L/h, 2)): 1 at L → 0, 0 at L = h, −1 from L = 2h on.
-  correct: w·f (shorter than the history earns up to +w, longer down to −w);
-  wrong: max(clamp, min(0, w·f)) (never a bonus for being short, a bounded penalty for long);
-  unset history: 0 (nothing to compare with yet).
+  correct: w·max(clamp, f) (shorter than the history earns up to +w; the clamp keeps a correct
+  answer above every wrong one); wrong: w·min(0, f) (never a bonus for being short, up to −w
+  for being long); unset history: 0. As in the authors' released code.
   """
   length = lengths.astype(jnp.float32)
   x = jnp.minimum(length / jnp.where(history > 0, history, 1.0), 2.0)
-  f = weight * jnp.cos(0.5 * jnp.pi * x)
-  term = jnp.where(correct, f, jnp.maximum(clamp, jnp.minimum(0.0, f)))
+  f = jnp.cos(0.5 * jnp.pi * x)
+  term = weight * jnp.where(correct, jnp.maximum(clamp, f), jnp.minimum(0.0, f))
   return jnp.where(history > 0, term, 0.0)
 
 
@@ -61,42 +63,53 @@ def init_laser_d_state(budget: float) -> dict:
   return {'targets': jnp.full((3,), budget, jnp.float32)}
 
 
-def laser_d_buckets(correct, group_size: int, easy_acc: float, hard_acc: float):
-  """int32[B]: EASY if group accuracy ≥ easy_acc, HARD if ≤ hard_acc, else MEDIUM."""
+def laser_d_buckets(correct, group_size: int, easy_acc: float = 2 / 3, hard_acc: float = 1 / 3):
+  """int32[B]: EASY if group accuracy ≥ easy_acc, HARD if < hard_acc, else MEDIUM."""
   acc = common.group_accuracy(correct, group_size)
-  return jnp.where(acc >= easy_acc, EASY, jnp.where(acc <= hard_acc, HARD, MEDIUM))
+  return jnp.where(acc >= easy_acc, EASY, jnp.where(acc < hard_acc, HARD, MEDIUM))
 
 
-def laser_d_batch_targets(correct, lengths, bucket_r, num_groups, budget: float):
-  """Per bucket, the smallest L at which the expected number of correct responses of length
-  ≤ L per group (ECR) reaches 1, estimated from this batch: the n_d-th shortest correct length
-  of the bucket's n_d groups. `budget` where ECR never reaches 1, NaN for an empty bucket.
+def laser_d_min_correct(group_size: int, easy_acc: float = 2 / 3, hard_acc: float = 1 / 3):
+  """The fewest correct responses a group of each bucket has: (⌊easy_acc·G⌋, ⌊hard_acc·G⌋, 1)."""
+  return (math.floor(easy_acc * group_size + 1e-9), math.floor(hard_acc * group_size + 1e-9), 1)
 
-  bucket_r int32[R], num_groups f32[3] -> f32[3].
+
+def laser_d_batch_targets(lengths, bucket_r, group_size: int, *, budget: float, min_target: float,
+                          interval: float, easy_acc: float = 2 / 3, hard_acc: float = 1 / 3):
+  """ECR targets f32[3] from this batch (NaN for a bucket with no groups).
+
+  Expected correct responses within L for a bucket-d group: ECR_d(L) = P_d(len ≤ L) · c_d, with
+  P_d over all of the bucket's responses and c_d its fewest correct responses per group. The
+  target is the smallest L on the grid min_target, min_target + interval, … ≤ budget with
+  ECR_d(L) ≥ 1 (at least one correct response expected within the target); budget if none.
   """
   length = lengths.astype(jnp.float32)
+  n = jax.ops.segment_sum(jnp.ones_like(length), bucket_r, num_segments=3)
+  c = jnp.asarray(laser_d_min_correct(group_size, easy_acc, hard_acc), jnp.float32)
 
   def one(d):
-    key = jnp.sort(jnp.where(correct & (bucket_r == d), length, jnp.inf))
-    n = num_groups[d]
-    kth = key[jnp.clip(n.astype(jnp.int32) - 1, 0, key.shape[0] - 1)]
-    target = jnp.where(jnp.isfinite(kth), kth, budget)
-    return jnp.where(n > 0, target, jnp.nan)
+    # P(len ≤ L) ≥ 1/c  ⇔  #(len ≤ L) ≥ ceil(n/c): the ceil(n/c)-th shortest length.
+    key = jnp.sort(jnp.where(bucket_r == d, length, jnp.inf))
+    k = jnp.ceil(n[d] / jnp.maximum(c[d], 1.0) - 1e-6).astype(jnp.int32)
+    raw = key[jnp.clip(k - 1, 0, key.shape[0] - 1)]
+    on_grid = min_target + interval * jnp.ceil(jnp.maximum(raw - min_target, 0.0) / interval)
+    target = jnp.where((c[d] >= 1) & (on_grid <= budget), on_grid, budget)
+    return jnp.where(n[d] > 0, target, jnp.nan)
 
   return jax.vmap(one)(jnp.arange(3))
 
 
 def laser_d_rewards(correct, lengths, group_size: int, state: dict, *, bonus: float = 0.5,
-                    budget: float = 8192.0, rate: float = 0.1, easy_acc: float = 2 / 3,
-                    hard_acc: float = 1 / 3):
-  """LASER-D (arXiv 2505.15612), our reading: LASER's step reward with the target of the
-  response's bucket; then each seen bucket's target moves toward this batch's ECR target at
-  `rate` (1 = replace). Returns (rewards f32[R], new state, bucket int32[B], batch targets)."""
-  bucket = laser_d_buckets(correct, group_size, easy_acc, hard_acc)
+                    budget: float = 16384.0, min_target: float = 4096.0,
+                    interval: float = 1024.0, rate: float = 0.1):
+  """LASER-D (arXiv 2505.15612): LASER's step reward with the target of the group's bucket;
+  then each bucket seen in the batch moves its target toward this batch's ECR target at `rate`
+  (1 = replace). Returns (rewards f32[R], new state, bucket int32[B])."""
+  bucket = laser_d_buckets(correct, group_size)
   bucket_r = common.per_response(bucket, group_size)
   rewards = length_lib.laser_rewards(correct, lengths, state['targets'][bucket_r], bonus)
-  num_groups = jax.ops.segment_sum(jnp.ones_like(bucket, jnp.float32), bucket, num_segments=3)
-  batch = laser_d_batch_targets(correct, lengths, bucket_r, num_groups, budget)
+  batch = laser_d_batch_targets(lengths, bucket_r, group_size, budget=budget,
+                                min_target=min_target, interval=interval)
   old = state['targets']
   new = jnp.where(jnp.isnan(batch), old, old + rate * (jnp.nan_to_num(batch) - old))
-  return rewards, {'targets': new}, bucket, batch
+  return rewards, {'targets': new}, bucket
