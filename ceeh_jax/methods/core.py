@@ -23,7 +23,7 @@ _DEFAULTS = {
     'grpo': {},
     # CEEH (arXiv 2602.22642): rewards and state live in difficulty.py, configured in config.ceeh.
     'ceeh_me': {}, 'ceeh_ea': {},
-    # Kimi k1.5 (arXiv 2501.12599): weight on the λ term (the paper adds it unweighted).
+    # Kimi k1.5 (arXiv 2501.12599): weight on the λ term (1 = the formula as written).
     'length_penalty': {'weight': 1.0},
     # EGRC (arXiv 2511.14258): L = 4096 (§4.4); r, β, temperatures, stage length, R_format and
     # R_answer are not in the paper's text: ours.
@@ -33,7 +33,7 @@ _DEFAULTS = {
              'explore_baseline': 'group'},
     # ENTRA (arXiv 2601.07123): γ = 2 (its MATH setting; 1e-4 elsewhere), top 20% excluded.
     'entra': {'gamma': 2.0, 'fraction': 0.8, 'weight': 1.0, 'correct_only': True},
-    # HAPO (arXiv 2505.11225): length-reward weight w = 1, clamp c = −0.7 for wrong responses.
+    # HAPO (arXiv 2505.11225): length-reward weight w = 1, clamp −0.7 on correct responses.
     'hapo': {'weight': 1.0, 'clamp': -0.7},
     # ThinkPrune (arXiv 2504.01296): 4k -> 3k -> 2k limits; the step boundaries are ours.
     'thinkprune': {'limits': (4096, 3072, 2048), 'boundaries': (100, 200)},

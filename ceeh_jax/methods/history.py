@@ -2,8 +2,8 @@
 
 Shape legend: R responses = B prompts x G samples (prompt-major), Q training questions.
 States are dicts of f32 arrays, carried through jit and checkpointed with the difficulty state.
-Rewards use the state from before this batch; the update follows. Question ids repeated inside
-a batch are reduced with segment ops, so two groups of one question act as one larger group.
+Rewards use the state from before this batch; the update follows. HAPO reduces question ids
+repeated inside a batch with segment ops, so two groups of one question act as one group.
 """
 import math
 
@@ -70,7 +70,7 @@ def laser_d_buckets(correct, group_size: int, easy_acc: float = 2 / 3, hard_acc:
 
 
 def laser_d_min_correct(group_size: int, easy_acc: float = 2 / 3, hard_acc: float = 1 / 3):
-  """The fewest correct responses a group of each bucket has: (⌊easy_acc·G⌋, ⌊hard_acc·G⌋, 1)."""
+  """Fewest correct responses in a group of each bucket: (⌊easy_acc·G⌋, ⌊hard_acc·G⌋, 1)."""
   return (math.floor(easy_acc * group_size + 1e-9), math.floor(hard_acc * group_size + 1e-9), 1)
 
 
