@@ -1,4 +1,4 @@
-r"""GRPO-lambda (arXiv 2505.18086): length reward only for high-correctness groups (exact rule unpublished; see docs/methods.md).
+r"""GRPO-lambda (arXiv 2505.18086): length reward only for high-correctness groups (exact rule unpublished; see docs/methods_table.md).
 
 The 1.5B recipe of configs/r1_1p5b.py with only the method swapped, so runs compare on equal
 terms. Hyper-parameters are the paper defaults in ceeh_jax/methods (override with
