@@ -165,7 +165,10 @@ def _micro(tree, micro_batch: int):
 
 def rollout_update(state: TrainState, qids, correct, boxed, lengths, truncated, *,
                    config: ml_collections.ConfigDict, group_size: int, extra=None):
-  """Updates the difficulty state and returns (state, rewards, advantages, hard, metrics).
+  """Updates the difficulty state -> (state, rewards, advantages, hard, keep, metrics).
+
+  `keep` bool[R] marks the rows that enter the objective (all but EGRC's non-positive samples
+  in its compression stage, which leave the loss and its denominators entirely).
 
   qids int32[R]; correct, boxed, truncated bool[R]; lengths int32[R]. `extra` carries
   per-token inputs of methods that need them (ENTRA: logp and attention received).
@@ -181,6 +184,7 @@ def rollout_update(state: TrainState, qids, correct, boxed, lengths, truncated, 
       reward_none=c.reward_none, compat=c.compat)
   method = config.method
   step = state.step
+  keep = jnp.ones(correct.shape, bool)  # rows that enter the objective
   if method in CEEH_METHODS:
     rewards, advantages, method_state = ceeh_rewards, None, diff['method']
   else:
@@ -190,6 +194,8 @@ def rollout_update(state: TrainState, qids, correct, boxed, lengths, truncated, 
                               group_size=group_size)
     rewards, advantages, method_state = out.rewards, out.advantages, out.new_state
     metrics.update({f'method/{k}': v for k, v in out.metrics.items()})
+    if methods_lib.loss_mask(out) is not None:  # EGRC compression: positive samples only
+      keep = methods_lib.loss_mask(out)
   if config.overlong.enabled:
     penalty = methods_lib.dapo_overlong_penalty(lengths, config.overlong.max_len,
                                                 config.overlong.cache_len)
@@ -204,7 +210,7 @@ def rollout_update(state: TrainState, qids, correct, boxed, lengths, truncated, 
                   'truncated': truncated.mean(), 'hard_fraction': hard.mean()})
   difficulty = {**new_ceeh, 'method': method_state}
   state = state.replace(step=step + 1, difficulty=difficulty)
-  return state, rewards, advantages, hard.astype(jnp.float32), metrics
+  return state, rewards, advantages, hard.astype(jnp.float32), keep, metrics
 
 
 # ---------------------------------------------------------------------------------------------

@@ -143,7 +143,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   under = functools.partial(sharding_lib.traced_under, mesh, rules)
   rollout_update = jax.jit(
       under(functools.partial(steps_lib.rollout_update, config=config, group_size=g)),
-      out_shardings=(state_shardings, None, None, None, None), donate_argnums=(0,))
+      out_shardings=(state_shardings, None, None, None, None, None), donate_argnums=(0,))
   train_step = jax.jit(
       under(functools.partial(steps_lib.train_step, config=config, model_cfg=model_cfg,
                               optimizer=optimizer)),
@@ -210,10 +210,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       batch = batch.replace(ref_logp=ref)
     extra = rollouts_lib.method_extras(config, model_cfg, state.params, batch, temperature)
     qids = np.repeat(np.asarray(idx, np.int32), g)
-    state, rewards, adv, hard, r_metrics = rollout_update(
+    state, rewards, adv, hard, keep, r_metrics = rollout_update(
         state, qids, correct, boxed, np.asarray(lengths_np, np.int32),
         np.asarray(jax.device_get(ro.truncated)), extra=extra)
-    batch = batch.replace(advantages=adv, hard=hard)
+    batch = batch.replace(advantages=adv, hard=hard, mask=batch.mask & keep[:, None])
     t3 = time.perf_counter()
 
     # Minibatch updates.

@@ -125,7 +125,7 @@ def _two_steps(mesh, config, model_cfg):
   state = jax.device_put(state, shardings)
   under = functools.partial(sharding_lib.traced_under, mesh, rules)
   update = jax.jit(under(functools.partial(steps_lib.rollout_update, config=config, group_size=4)),
-                   out_shardings=(shardings, None, None, None, None))
+                   out_shardings=(shardings, None, None, None, None, None))
   train = jax.jit(under(functools.partial(steps_lib.train_step, config=config, model_cfg=model_cfg,
                                           optimizer=opt)), out_shardings=(shardings, None))
   rng = np.random.default_rng(0)
@@ -134,7 +134,7 @@ def _two_steps(mesh, config, model_cfg):
     qids = jnp.asarray(np.repeat(rng.choice(Q, 2, replace=False), 4), jnp.int32)
     correct = jnp.asarray(rng.random(R) < 0.5)
     lengths = batch.mask.sum(1).astype(jnp.int32)
-    state, _, adv, hard, _ = update(state, qids, correct, correct, lengths, ~batch.mask[:, -1])
+    state, _, adv, hard, _, _ = update(state, qids, correct, correct, lengths, ~batch.mask[:, -1])
     state, _ = train(state, batch.replace(advantages=adv, hard=hard), jnp.float32(0.9))
   return jax.device_get(state)
 

@@ -126,3 +126,19 @@ def test_misspelled_override_fails_loudly(tmp_path):
                        cwd=root, capture_output=True, text=True, timeout=120)
   assert out.returncode != 0
   assert 'num_sample' in out.stderr
+
+
+@pytest.mark.parametrize('method', ['grpo', 'length_penalty', 'ceeh_ea', 'egrc', 'entra', 'hapo',
+                                    'thinkprune', 'dler', 'laser', 'laser_d', 'grpo_lambda',
+                                    'arora_zanette'])
+def test_every_method_trains_end_to_end(tmp_path, method):
+  config = train_util.small_config(str(tmp_path), method=method, total_steps=2, eval_every=0,
+                                   **{'data.eval_size': 0, 'overlong.enabled': method == 'dler',
+                                      'overlong.max_len': 12, 'overlong.cache_len': 4})
+  if method == 'egrc':  # one compression step, then one exploration step
+    config.method_hparams = {'stage_steps': 1}
+  record = train_lib.train_and_evaluate(config, str(tmp_path / 'w'))
+  assert record['step'] == 2 and np.isfinite(record['loss'])
+  if method == 'egrc':
+    recs = metric_writers.read_metrics(str(tmp_path / 'w'))
+    assert recs[0]['temperature'] != recs[1]['temperature']
