@@ -188,9 +188,11 @@ class _Checkpoint:
       if dtype not in _FLOAT_DTYPES:
         raise CheckpointFormatError(f'{path}: tensor {name!r} has dtype {dtype}, expected '
                                     f'one of {_FLOAT_DTYPES}')
-    for name in sorted(set(self.tensors) - set(expected)):
-      raise CheckpointFormatError(f'{self.tensors[name][0]}: unexpected tensor {name!r} for a '
-                                  'Qwen2 config (not mapped to any param)')
+    extra = sorted(set(self.tensors) - set(expected))
+    if extra:
+      raise CheckpointFormatError(f'{self.tensors[extra[0]][0]}: unexpected tensor {extra[0]!r} '
+                                  f'for a Qwen2 config (not mapped to any param; {len(extra)} '
+                                  'unexpected in all)')
 
   def read(self, name: str, mapping: Mapping, index) -> np.ndarray:
     with safetensors.safe_open(self.tensors[name][0], framework='numpy') as fh:

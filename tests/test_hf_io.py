@@ -154,6 +154,10 @@ def test_load_onto_8_devices_reads_only_each_shard(tmp_path, monkeypatch):
       m = hf_io.param_mapping(config)[path]
       layer_shard = per_device[1:] if m.stacked else per_device
       assert {s for name, s in reads if name == m.hf} == {layer_shard}, (shape, path)
+  # Export straight from the 8-device arrays (gathered one param at a time): same bytes.
+  hf_io.save_hf(params, config, tmp_path / 'back')
+  a, b = _tensors(src), _tensors(tmp_path / 'back')
+  assert a.keys() == b.keys() and all(a[k].tobytes() == b[k].tobytes() for k in a)
   spec = lambda cfg, mesh: sharding_lib.param_shardings(cfg, mesh)['layers']['attn']['k']['kernel']
   q = params['layers']['attn']['q']['kernel']  # on (1, 1, 8): N = 6 is not divisible by 8
   assert q.sharding.spec == jax.sharding.PartitionSpec(None, None, None, None)

@@ -1,12 +1,13 @@
-"""Model parity with HF PyTorch Qwen2, cache == full forward, LoRA, remat, presets, sharding."""
-import flax.linen as nn
+"""Qwen2 model: parity with transformers' PyTorch Qwen2, cached decode == full forward, LoRA,
+remat, preset sizes, and sharded forward == single device on 8 fake CPU devices."""
+import flax.traverse_util as tu
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from ceeh_jax import hf_io
-from ceeh_jax import sampler as sampler_lib
 from ceeh_jax import sharding as sharding_lib
 from ceeh_jax.models import qwen2 as qwen2_lib
 from ceeh_jax.models.config import QwenConfig
@@ -14,150 +15,216 @@ from ceeh_jax.models.config import QwenConfig
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 
-PROMPTS = [[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15], [3, 4], [100, 101, 102, 103, 104]]
+TINY = QwenConfig.tiny()  # V 257, D 48, F 67, N 6, K 2 (G 3), H 8, L 3
+PROMPTS = [[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15], [3, 4], [100, 101, 102, 103, 104], [7]]
 
 
-def _hf_model(tied: bool, tmp_path):
-  """A random tiny HF Qwen2 (non-trivial biases and norms), saved and loaded through hf_io."""
+def _left_pad(rows, width=None):
+  """int32[B, T] tokens (pad 0) and bool[B, T] mask, each row right-aligned."""
+  width = width or max(map(len, rows))
+  toks = np.zeros((len(rows), width), np.int32)
+  mask = np.zeros((len(rows), width), bool)
+  for i, r in enumerate(rows):
+    toks[i, width - len(r):], mask[i, width - len(r):] = r, True
+  return toks, mask
+
+
+def _random_params(config, seed=0):
+  """Random params of `config` from numpy (no init compile): norms ~1, non-zero biases and B."""
+  rng = np.random.default_rng(seed)
+  def one(path, x):
+    scale, shift = {'scale': (0.3, 1.0), 'bias': (0.3, 0.0)}.get(path[-1].key, (0.1, 0.0))
+    return jnp.asarray(shift + scale * rng.standard_normal(x.shape), x.dtype)
+  return jax.tree_util.tree_map_with_path(one, sharding_lib.abstract_params(config))
+
+
+def _forward(config, **kw):
+  """Jitted logits f32[B, T, V] = f(params, tokens, mask), positions from the left padding."""
+  def fn(params, toks, mask):
+    pos = qwen2_lib.positions_from_mask(mask)
+    return qwen2_lib.Qwen2(config).apply({'params': params}, toks, pos, mask, **kw)[0]
+  return jax.jit(fn)
+
+
+@pytest.mark.parametrize('tied', [False, True])
+def test_logits_match_hf_left_padded(tied, tmp_path):
   torch.manual_seed(0)
   cfg = transformers.Qwen2Config(vocab_size=257, hidden_size=48, intermediate_size=67,
                                  num_hidden_layers=3, num_attention_heads=6, num_key_value_heads=2,
                                  rope_theta=10000.0, tie_word_embeddings=tied,
                                  max_position_embeddings=512)
   hf = transformers.Qwen2ForCausalLM(cfg).eval()
-  with torch.no_grad():
+  with torch.no_grad():  # HF inits biases to 0 and norms to 1: make them matter
     for name, p in hf.named_parameters():
       if name.endswith('bias') or 'norm' in name:
         p.copy_(torch.randn_like(p) * 0.3 + (1.0 if 'norm' in name else 0.0))
   hf.save_pretrained(tmp_path)
   config, params = hf_io.load_hf(tmp_path)
-  return hf, config, params
+  assert config == TINY.replace(tie_embeddings=tied, max_position_embeddings=512)
 
-
-@pytest.mark.parametrize('tied', [False, True])
-def test_logits_match_hf_left_padded(tied, tmp_path):
-  hf, config, params = _hf_model(tied, tmp_path)
-  assert config.tie_embeddings == tied
-  toks, mask = sampler_lib.pad_prompts(PROMPTS, 0)
-  pos = qwen2_lib.positions_from_mask(jnp.asarray(mask))
-  ours, _ = qwen2_lib.Qwen2(config).apply({'params': params}, jnp.asarray(toks), pos,
-                                          jnp.asarray(mask))
+  toks, mask = _left_pad(PROMPTS)
+  ours = np.asarray(_forward(config)(params, toks, mask))
+  pos = np.maximum(np.cumsum(mask, -1) - 1, 0)
   with torch.no_grad():
     ref = hf(input_ids=torch.tensor(toks).long(), attention_mask=torch.tensor(mask).long(),
-             position_ids=torch.tensor(np.asarray(pos)).long()).logits.numpy()
-  assert np.abs(np.asarray(ours)[mask] - ref[mask]).max() <= 1e-4
+             position_ids=torch.tensor(pos).long()).logits.numpy()
+  assert np.abs(ours[mask] - ref[mask]).max() <= 1e-4
+  # Left padding changes nothing for a row's real tokens.
+  alone = np.asarray(_forward(config)(params, *_left_pad(PROMPTS[1:2])))
+  np.testing.assert_allclose(ours[1, -2:], alone[0], atol=1e-5)
 
 
 def test_prefill_then_decode_equals_full_forward():
-  config = QwenConfig.tiny(decode_chunk=8)
-  params = qwen2_lib.init_params(config, jax.random.key(0))
+  config = TINY.replace(decode_chunk=8)
+  params = _random_params(config)
   model = qwen2_lib.Qwen2(config)
-  seq = jax.random.randint(jax.random.key(1), (2, 29), 0, config.vocab_size)
-  full, _ = model.apply({'params': params}, seq, jnp.broadcast_to(jnp.arange(29), (2, 29)))
-  cache = qwen2_lib.init_cache(config, 2, 40)          # 40 slots -> 5 chunks of 8
-  p = 5
-  pos = jnp.broadcast_to(jnp.arange(p), (2, p))
-  key_mask = jnp.ones((2, cache['k'].shape[2]), bool)
-  logits, cache = model.apply({'params': params}, seq[:, :p], pos, key_mask, cache)
-  steps = [logits]
-  for t in range(p, 29):
-    out, cache = model.apply({'params': params}, seq[:, t:t + 1], jnp.full((2, 1), t), key_mask,
-                             cache, jnp.int32(t))
-    steps.append(out)
-  np.testing.assert_allclose(jnp.concatenate(steps, 1), full, atol=2e-5)
+  prompts, steps = PROMPTS[:3], 18
+  p_toks, p_mask = _left_pad(prompts)                                   # P = 11
+  b, p = p_toks.shape
+  cont = np.random.default_rng(1).integers(0, config.vocab_size, (b, steps)).astype(np.int32)
+  seq = np.concatenate([p_toks, cont], 1)                               # 29 tokens
+  seq_mask = np.concatenate([p_mask, np.ones((b, steps), bool)], 1)
+  full = np.asarray(_forward(config)(params, seq, seq_mask))
+  pos = np.asarray(qwen2_lib.positions_from_mask(jnp.asarray(seq_mask)))
+
+  cache = qwen2_lib.init_cache(config, b, 40)                           # 5 chunks of 8
+  assert cache['k'].shape == (3, b, 40, 2, 8)
+  key_mask = np.concatenate([seq_mask, np.ones((b, 40 - seq.shape[1]), bool)], 1)
+  prefill = jax.jit(lambda prm, c: model.apply({'params': prm}, seq[:, :p], pos[:, :p],
+                                               key_mask, c))
+  decode = jax.jit(lambda prm, c, tok, ps, end: model.apply({'params': prm}, tok, ps, key_mask,
+                                                            c, end))
+  logits, cache = prefill(params, cache)
+  out = [np.asarray(logits)]
+  for t in range(p, seq.shape[1]):   # live length grows from 12 to 29: chunks 2..4 walked
+    logits, cache = decode(params, cache, seq[:, t:t + 1], pos[:, t:t + 1], jnp.int32(t))
+    out.append(np.asarray(logits))
+  out = np.concatenate(out, 1)
+  np.testing.assert_allclose(out[seq_mask], full[seq_mask], atol=2e-5)
 
 
-def test_lora_off_is_base_and_fresh_adapters_change_nothing():
-  base_cfg = QwenConfig.tiny()
-  lora_cfg = base_cfg.replace(lora_rank=4, lora_alpha=8.0)
-  params = qwen2_lib.init_params(lora_cfg, jax.random.key(0))
-  base = {k: v for k, v in params.items()}
-  strip = lambda t: jax.tree_util.tree_map_with_path(lambda p, x: x, t)
-  toks = jax.random.randint(jax.random.key(2), (2, 9), 0, 257)
-  pos = jnp.broadcast_to(jnp.arange(9), (2, 9))
-  import flax.traverse_util as tu
+def test_lora_init_and_lora_off_are_the_base_model():
+  lora_cfg = TINY.replace(lora_rank=4, lora_alpha=8.0)
+  # The cheap-to-compile RBG generator: the test needs the init's structure (B = 0), not its
+  # stream.
+  params = jax.jit(qwen2_lib.init_params, static_argnums=0)(lora_cfg,
+                                                            jax.random.key(0, impl='rbg'))
   flat = tu.flatten_dict(params)
+  assert all(not np.any(v) for k, v in flat.items() if k[-1] == 'lora_b')   # B = 0 at init
+  assert {k[-2] for k in flat if k[-1] == 'lora_a'} == {'q', 'k', 'v', 'o', 'gate', 'up', 'down'}
   base = tu.unflatten_dict({k: v for k, v in flat.items() if k[-1] not in ('lora_a', 'lora_b')})
-  ref, _ = qwen2_lib.Qwen2(base_cfg).apply({'params': base}, toks, pos)
-  on, _ = qwen2_lib.Qwen2(lora_cfg).apply({'params': params}, toks, pos)
-  np.testing.assert_allclose(on, ref, atol=1e-6)  # B = 0 at init
-  # Non-zero adapters: on differs, off equals the base model; merged export equals "on".
-  flat = {k: (v + 0.1 if k[-1] == 'lora_b' else v) for k, v in flat.items()}
-  params = tu.unflatten_dict(flat)
-  on, _ = qwen2_lib.Qwen2(lora_cfg).apply({'params': params}, toks, pos)
-  off, _ = qwen2_lib.Qwen2(lora_cfg).apply({'params': params}, toks, pos, lora_on=False)
-  np.testing.assert_allclose(off, ref, atol=1e-6)
-  assert np.abs(np.asarray(on - ref)).max() > 1e-3
-  merged = hf_io.merged_lora(params, lora_cfg)
-  m, _ = qwen2_lib.Qwen2(base_cfg).apply({'params': merged}, toks, pos)
-  np.testing.assert_allclose(m, on, atol=1e-4)
-  del strip
+  toks, mask = _left_pad(PROMPTS)
+  ref = np.asarray(_forward(TINY)(base, toks, mask))
+  on, off = _forward(lora_cfg), _forward(lora_cfg, lora_on=False)
+  np.testing.assert_array_equal(np.asarray(on(params, toks, mask)), ref)
+  # Trained adapters (B != 0): on differs from the base, off is exactly the base.
+  rng = np.random.default_rng(2)
+  flat = {k: (0.2 * rng.standard_normal(v.shape).astype(np.float32) if k[-1] == 'lora_b' else v)
+          for k, v in flat.items()}
+  trained = tu.unflatten_dict(flat)
+  got_on = np.asarray(on(trained, toks, mask))
+  assert np.abs(got_on - ref)[mask].max() > 1e-2
+  np.testing.assert_array_equal(np.asarray(off(trained, toks, mask)), ref)
+  merged = np.asarray(_forward(TINY)(hf_io.merged_lora(trained, lora_cfg), toks, mask))
+  np.testing.assert_allclose(merged[mask], got_on[mask], atol=1e-4)
 
 
-@pytest.mark.parametrize('policy', ['full', 'dots', 'dots_no_batch'])
-def test_remat_policies_same_values_and_grads(policy):
-  config = QwenConfig.tiny()
-  params = qwen2_lib.init_params(config, jax.random.key(0))
-  toks = jax.random.randint(jax.random.key(2), (2, 9), 0, 257)
-  pos = jnp.broadcast_to(jnp.arange(9), (2, 9))
+def test_remat_policies_same_values_and_grads():
+  params = _random_params(TINY)
+  toks, mask = _left_pad(PROMPTS)
+  policies = ('none', 'full', 'dots', 'dots_no_batch')
 
-  def loss(p, cfg):
-    out, _ = qwen2_lib.Qwen2(cfg).apply({'params': p}, toks, pos)
-    return (out ** 2).mean()
+  def loss(p, policy):
+    cfg = TINY.replace(remat_policy=policy)
+    out = qwen2_lib.Qwen2(cfg).apply({'params': p}, toks, qwen2_lib.positions_from_mask(mask),
+                                     mask)[0]
+    return (jnp.where(mask[..., None], out, 0.0) ** 2).mean()
 
-  l0, g0 = jax.value_and_grad(loss)(params, config)
-  l1, g1 = jax.value_and_grad(loss)(params, config.replace(remat_policy=policy))
-  assert float(l0) == pytest.approx(float(l1), rel=1e-6)
-  for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
-    np.testing.assert_allclose(a, b, atol=1e-6)
+  for policy in policies:  # the remat variants really are rematerialised
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss), static_argnums=1)(params, policy))
+    assert ('remat' in jaxpr or 'checkpoint' in jaxpr) == (policy != 'none'), policy
+  # One program for all four (a single compile keeps the test fast).
+  results = jax.jit(lambda p: [jax.value_and_grad(loss)(p, pol) for pol in policies])(params)
+  l0, g0 = results[0]
+  for policy, (l1, g1) in zip(policies[1:], results[1:]):
+    np.testing.assert_allclose(l1, l0, rtol=1e-6)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g0), jax.tree.leaves(g1)):
+      np.testing.assert_allclose(b, a, atol=1e-6, err_msg=f'{policy} {path}')
 
 
 def test_preset_param_counts_from_eval_shape():
-  counts = {'r1_distill_1p5b': 1_777_088_000, 'r1_distill_7b': 7_615_616_512,
-            'qwen25_0p5b': 494_032_768, 'qwen25_1p5b': 1_543_714_304,
-            'qwen25_7b': 7_615_616_512}
+  counts = {  # HF `num_parameters()` of each checkpoint
+      'r1_distill_1p5b': 1_777_088_000, 'r1_distill_7b': 7_615_616_512,
+      'qwen25_0p5b': 494_032_768, 'qwen25_1p5b': 1_543_714_304, 'qwen25_7b': 7_615_616_512,
+      'qwen25_math_1p5b': 1_543_714_304, 'qwen25_math_7b': 7_615_616_512}
   for name, want in counts.items():
     config = QwenConfig.preset(name)
     shapes = sharding_lib.abstract_params(config)
     assert sum(x.size for x in jax.tree.leaves(shapes)) == want == config.num_params, name
+  # R1-Distill-1.5B unties Qwen2.5-1.5B's head: one more V x D matrix.
+  assert counts['r1_distill_1p5b'] - counts['qwen25_1p5b'] == 151936 * 1536
 
 
-def test_from_hf_matches_preset():
-  hf = {'architectures': ['Qwen2ForCausalLM'], 'model_type': 'qwen2', 'hidden_size': 1536,
-        'intermediate_size': 8960, 'num_hidden_layers': 28, 'num_attention_heads': 12,
-        'num_key_value_heads': 2, 'vocab_size': 151936, 'rope_theta': 10000,
-        'rms_norm_eps': 1e-6, 'tie_word_embeddings': False, 'max_position_embeddings': 131072}
-  assert QwenConfig.from_hf(hf) == QwenConfig.r1_distill_1p5b()
+# config.json of deepseek-ai/DeepSeek-R1-Distill-Qwen-{1.5B,7B} (architecture fields).
+R1_1P5B_HF = {
+    'architectures': ['Qwen2ForCausalLM'], 'attention_dropout': 0.0, 'bos_token_id': 151643,
+    'eos_token_id': 151643, 'hidden_act': 'silu', 'hidden_size': 1536,
+    'initializer_range': 0.02, 'intermediate_size': 8960, 'max_position_embeddings': 131072,
+    'max_window_layers': 21, 'model_type': 'qwen2', 'num_attention_heads': 12,
+    'num_hidden_layers': 28, 'num_key_value_heads': 2, 'rms_norm_eps': 1e-06,
+    'rope_theta': 10000, 'sliding_window': 4096, 'tie_word_embeddings': False,
+    'torch_dtype': 'bfloat16', 'use_cache': True, 'use_mrope': False,
+    'use_sliding_window': False, 'vocab_size': 151936}
+R1_7B_HF = {**R1_1P5B_HF, 'hidden_size': 3584, 'intermediate_size': 18944,
+            'num_attention_heads': 28, 'num_key_value_heads': 4, 'vocab_size': 152064}
+
+
+def test_from_hf_matches_presets():
+  assert QwenConfig.from_hf(R1_1P5B_HF) == QwenConfig.r1_distill_1p5b()
+  assert QwenConfig.from_hf(R1_7B_HF) == QwenConfig.r1_distill_7b()
+  # transformers 5 moves rope_theta under rope_parameters when it re-saves a config.
+  resaved = transformers.Qwen2Config(**R1_1P5B_HF).to_dict()
+  assert QwenConfig.from_hf(resaved) == QwenConfig.r1_distill_1p5b()
+  assert QwenConfig.from_hf(QwenConfig.r1_distill_1p5b().to_hf()) == QwenConfig.r1_distill_1p5b()
   with pytest.raises(ValueError, match='Qwen2'):
-    QwenConfig.from_hf({**hf, 'model_type': 'llama'})
+    QwenConfig.from_hf({**R1_1P5B_HF, 'model_type': 'llama'})
 
 
-@pytest.mark.parametrize('mesh_shape', [(2, 2, 2), (1, 1, 8), (1, 4, 2)])
-def test_sharded_forward_equals_single_device(mesh_shape):
-  config = QwenConfig.tiny()
-  params = qwen2_lib.init_params(config, jax.random.key(0))
-  mesh = sharding_lib.make_mesh(mesh_shape)
-  sharded = sharding_lib.init_params(config, jax.random.key(0), mesh)
-  toks, mask = sampler_lib.pad_prompts(PROMPTS + [[7, 7]], 0)
-  pos = qwen2_lib.positions_from_mask(jnp.asarray(mask))
-  ref, _ = qwen2_lib.Qwen2(config).apply({'params': params}, toks, pos, mask)
-  fn = jax.jit(sharding_lib.traced_under(
-      mesh, sharding_lib.DEFAULT_RULES,
-      lambda p, t, ps, m: qwen2_lib.Qwen2(config).apply({'params': p}, t, ps, m)[0]))
-  out = fn(sharded, toks, pos, mask)
-  np.testing.assert_allclose(out, ref, atol=1e-5)
-  # kv heads (K = 2) are split only when tensor divides them; else replicated.
-  spec = sharded['layers']['attn']['k']['kernel'].sharding.spec
-  if mesh.shape['tensor'] in (1, 2):
-    assert spec[2] in (None, 'tensor')
-  else:
-    assert spec[2] is None
+def test_sharded_forward_equals_single_device():
+  toks, mask = _left_pad(PROMPTS + [[9, 8, 7], [1] * 6, [2, 3], [4]])   # B = 8
+  mesh = sharding_lib.make_mesh((2, 2, 2))
+  params = sharding_lib.init_params(TINY, jax.random.key(0, impl='rbg'), mesh)
+  host = jax.device_get(params)
+  single = jax.device_put(host, jax.devices()[0])
+  ref = np.asarray(_forward(TINY)(single, toks, mask))
+  for shape in ((2, 2, 2), (1, 1, 8), (1, 2, 4)):
+    mesh = sharding_lib.make_mesh(shape)
+    shardings = sharding_lib.param_shardings(TINY, mesh)
+    placed = params if shape == (2, 2, 2) else jax.device_put(host, shardings)
+    assert jax.tree.leaves(jax.tree.map(lambda x, s: x.sharding == s, placed, shardings)) == [
+        True] * len(jax.tree.leaves(placed))
+    data = sharding_lib.batch_sharding(mesh, 8, 2)
+    fn = jax.jit(sharding_lib.traced_under(
+        mesh, sharding_lib.DEFAULT_RULES,
+        lambda p, t, m: qwen2_lib.Qwen2(TINY).apply({'params': p}, t,
+                                                    qwen2_lib.positions_from_mask(m), m)[0]))
+    out = fn(placed, jax.device_put(toks, data), jax.device_put(mask, data))
+    np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5, err_msg=str(shape))
+    # K = 2 kv heads split over `tensor` only when it divides them; else replicated.
+    k_spec = shardings['layers']['attn']['k']['kernel'].spec
+    assert k_spec[2] == ('tensor' if shape[2] == 2 else None), shape
 
 
 def test_kv_heads_replicated_when_tensor_does_not_divide():
   mesh = sharding_lib.make_mesh((1, 2, 4))
-  shardings = sharding_lib.param_shardings(QwenConfig.r1_distill_1p5b(), mesh)
-  assert shardings['layers']['attn']['k']['kernel'].spec[2] is None        # K = 2, tensor = 4
-  assert shardings['layers']['attn']['q']['kernel'].spec[2] == 'tensor'    # N = 12
-  cache = sharding_lib.cache_sharding(mesh, QwenConfig.r1_distill_1p5b(), 8)
-  assert cache.spec[3] is None
+  r1 = QwenConfig.r1_distill_1p5b()                                      # N 12, K 2
+  shardings = sharding_lib.param_shardings(r1, mesh)
+  for name in ('k', 'v'):
+    assert shardings['layers']['attn'][name]['kernel'].spec == P(None, 'fsdp', None, None)
+    assert shardings['layers']['attn'][name]['bias'].spec == P(None, None, None)
+  assert shardings['layers']['attn']['q']['kernel'].spec == P(None, 'fsdp', 'tensor', None)
+  assert sharding_lib.cache_sharding(mesh, r1, 8).spec[3] is None
+  # 7B has K = 4: tensor = 4 splits the kv heads and the cache.
+  r7 = QwenConfig.r1_distill_7b()
+  assert sharding_lib.param_shardings(r7, mesh)['layers']['attn']['k']['kernel'].spec[2] == 'tensor'
+  assert sharding_lib.cache_sharding(mesh, r7, 8).spec[3] == 'tensor'
