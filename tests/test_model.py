@@ -1,5 +1,6 @@
 """Qwen2 model: parity with transformers' PyTorch Qwen2, cached decode == full forward, LoRA,
 remat, preset sizes, and sharded forward == single device on 8 fake CPU devices."""
+import flax.linen as nn
 import flax.traverse_util as tu
 import jax
 import jax.numpy as jnp
@@ -38,12 +39,17 @@ def _random_params(config, seed=0):
   return jax.tree_util.tree_map_with_path(one, sharding_lib.abstract_params(config))
 
 
-def _forward(config, **kw):
-  """Jitted logits f32[B, T, V] = f(params, tokens, mask), positions from the left padding."""
+def _logits_fn(config, **kw):
+  """logits f32[B, T, V] = f(params, tokens, mask), positions from the left padding."""
   def fn(params, toks, mask):
     pos = qwen2_lib.positions_from_mask(mask)
     return qwen2_lib.Qwen2(config).apply({'params': params}, toks, pos, mask, **kw)[0]
-  return jax.jit(fn)
+  return fn
+
+
+def _forward(config, **kw):
+  """A fresh jit (so it traces under whatever mesh and rules are current)."""
+  return jax.jit(_logits_fn(config, **kw))
 
 
 @pytest.mark.parametrize('tied', [False, True])
@@ -192,23 +198,24 @@ def test_from_hf_matches_presets():
 
 def test_sharded_forward_equals_single_device():
   toks, mask = _left_pad(PROMPTS + [[9, 8, 7], [1] * 6, [2, 3], [4]])   # B = 8
-  mesh = sharding_lib.make_mesh((2, 2, 2))
-  params = sharding_lib.init_params(TINY, jax.random.key(0, impl='rbg'), mesh)
+  params = sharding_lib.init_params(TINY, jax.random.key(0, impl='rbg'),
+                                    sharding_lib.make_mesh((2, 2, 2)))
   host = jax.device_get(params)
-  single = jax.device_put(host, jax.devices()[0])
-  ref = np.asarray(_forward(TINY)(single, toks, mask))
+  ref = np.asarray(_forward(TINY)(jax.device_put(host, jax.devices()[0]), toks, mask))
+  rules = sharding_lib.DEFAULT_RULES
   for shape in ((2, 2, 2), (1, 1, 8), (1, 2, 4)):
     mesh = sharding_lib.make_mesh(shape)
     shardings = sharding_lib.param_shardings(TINY, mesh)
     placed = params if shape == (2, 2, 2) else jax.device_put(host, shardings)
-    assert jax.tree.leaves(jax.tree.map(lambda x, s: x.sharding == s, placed, shardings)) == [
-        True] * len(jax.tree.leaves(placed))
+    assert all(jax.tree.leaves(jax.tree.map(lambda x, s: x.sharding == s, placed, shardings)))
     data = sharding_lib.batch_sharding(mesh, 8, 2)
-    fn = jax.jit(sharding_lib.traced_under(
-        mesh, sharding_lib.DEFAULT_RULES,
-        lambda p, t, m: qwen2_lib.Qwen2(TINY).apply({'params': p}, t,
-                                                    qwen2_lib.positions_from_mask(m), m)[0]))
-    out = fn(placed, jax.device_put(toks, data), jax.device_put(mask, data))
+    toks_d, mask_d = jax.device_put(toks, data), jax.device_put(mask, data)
+    if shape == (2, 2, 2):  # the concrete mesh as context, as a user script would do
+      with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        out = _forward(TINY)(placed, toks_d, mask_d)
+      assert out.sharding.spec[0] == ('data', 'fsdp')   # act_batch rows stay split
+    else:                   # the abstract mesh, as the sampler and trainer trace
+      out = jax.jit(sharding_lib.traced_under(mesh, rules, _logits_fn(TINY)))(placed, toks_d, mask_d)
     np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5, err_msg=str(shape))
     # K = 2 kv heads split over `tensor` only when it divides them; else replicated.
     k_spec = shardings['layers']['attn']['k']['kernel'].spec
