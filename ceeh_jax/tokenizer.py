@@ -6,6 +6,7 @@ start their answer with `<think>\\n` (DeepSeek's usage notes); the original temp
 `<｜Assistant｜>`, the Feb-2025 one already ends with `<think>\\n`, so `build_prompt` appends it
 only when missing.
 """
+import json
 import os
 from typing import Sequence
 
@@ -28,6 +29,14 @@ def load_tokenizer(path):
     raise FileNotFoundError(f'tokenizer directory {path!r} does not exist')
   if not any(os.path.exists(os.path.join(path, f)) for f in _TOKENIZER_FILES):
     raise FileNotFoundError(f'{path!r} has no tokenizer files (one of {_TOKENIZER_FILES})')
+  # A generic fast tokenizer saved next to a model's config.json would be re-typed by
+  # AutoTokenizer from the model type (qwen2 -> Qwen2Tokenizer, whose byte-level pre-tokenizer
+  # replaces the saved one); honour the class the tokenizer files name.
+  config_path = os.path.join(path, 'tokenizer_config.json')
+  if os.path.exists(config_path):
+    with open(config_path) as f:
+      if json.load(f).get('tokenizer_class') == 'PreTrainedTokenizerFast':
+        return transformers.PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
   return transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 

@@ -55,3 +55,14 @@ def test_load_logits_generate(tmp_path):
   assert len(out.texts) == 2 and all(len(t) == 3 for t in out.texts)
   for ids, lps, n in zip(out.token_ids[0], out.logps[0], out.lengths[0]):
     assert len(ids) == len(lps) == n and 1 <= n <= 9
+
+
+def test_shipped_base_policy_tokenizer_round_trips():
+  """A generic fast tokenizer next to a qwen2 config.json keeps its own pre-tokenizer."""
+  from ceeh_jax.synthetic import paths
+  from ceeh_jax.synthetic import task
+  tok = tokenizer_lib.load_tokenizer(paths.BASE_POLICY)
+  row = task.make_dataset(1, seed=3)[0]
+  trace = task.completion(task.sft_traces([row], 0)[0])
+  ids = tok(trace, add_special_tokens=False)['input_ids']
+  assert tok.decode(ids) == trace
