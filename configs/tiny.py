@@ -2,7 +2,7 @@ r"""The embedded default: CEEH on the synthetic chain-arithmetic task, on a lapt
 
   python -m ceeh_jax.main                      # this config, workdir runs/tiny
 
-Starts from the shipped base policy (`ceeh_jax/synthetic/base_policy`, a 0.2M-parameter Qwen2
+Starts from the shipped base policy (`ceeh_jax/synthetic/base_policy`, a 0.16M-parameter Qwen2
 SFT-trained on verbose traces by `python -m ceeh_jax.synthetic.sft`), trains CEEH-ME for a few
 dozen steps on 2,000 generated problems (half easy: 1-2 steps, half hard: 4-6 steps), and
 prints ACC / LEN / entropy on easy vs hard questions against the base policy.
@@ -34,7 +34,7 @@ def get_config(arg=None):
 
   # Sampling
   c.sampling.num_samples = 8
-  c.sampling.temperature = 1.0
+  c.sampling.temperature = 0.6
   c.sampling.top_p = 1.0
   c.sampling.max_new_tokens = 160
   c.sampling.eval_temperature = 0.6
@@ -47,12 +47,12 @@ def get_config(arg=None):
   c.logp_chunk = 64
 
   # Optimizer (full fine-tune of the tiny model)
-  c.optim.lr = 1e-4
+  c.optim.lr = 2e-4
   c.optim.grad_clip = 1.0
 
   # GRPO / CEEH
   c.grpo.kl_coef = 0.0
-  c.ceeh.entropy_coef = 0.01
+  c.ceeh.entropy_coef = 0.001
   c.ceeh.length_lambda = 0.1
 
   # Mesh: one CPU device.
