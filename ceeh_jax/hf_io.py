@@ -106,6 +106,7 @@ def param_mapping(c: QwenConfig) -> dict[tuple[str, ...], Mapping]:
   """Our param path -> Mapping, for every base (non-LoRA) param of `c`."""
   d, n, k, h, f, v = c.embed_dim, c.num_heads, c.num_kv_heads, c.head_dim, c.mlp_dim, c.vocab_size
   lay = 'model.layers.{i}.'
+  fd, df = ((f,), (d,)), ((d,), (f,))  # mlp kernels: a plain transpose
   out = {
       ('embedding',): Mapping('model.embed_tokens.weight', ((v,), (d,)), (0, 1)),
       ('layers', 'pre_attn_norm', 'scale'): Mapping(lay + 'input_layernorm.weight', ((d,),), (0,)),
@@ -122,9 +123,9 @@ def param_mapping(c: QwenConfig) -> dict[tuple[str, ...], Mapping]:
                                                  ((d,), (n, h)), (1, 2, 0)),
       ('layers', 'pre_mlp_norm', 'scale'): Mapping(lay + 'post_attention_layernorm.weight',
                                                    ((d,),), (0,)),
-      ('layers', 'mlp', 'gate', 'kernel'): Mapping(lay + 'mlp.gate_proj.weight', ((f,), (d,)), (1, 0)),
-      ('layers', 'mlp', 'up', 'kernel'): Mapping(lay + 'mlp.up_proj.weight', ((f,), (d,)), (1, 0)),
-      ('layers', 'mlp', 'down', 'kernel'): Mapping(lay + 'mlp.down_proj.weight', ((d,), (f,)), (1, 0)),
+      ('layers', 'mlp', 'gate', 'kernel'): Mapping(lay + 'mlp.gate_proj.weight', fd, (1, 0)),
+      ('layers', 'mlp', 'up', 'kernel'): Mapping(lay + 'mlp.up_proj.weight', fd, (1, 0)),
+      ('layers', 'mlp', 'down', 'kernel'): Mapping(lay + 'mlp.down_proj.weight', df, (1, 0)),
       ('final_norm', 'scale'): Mapping('model.norm.weight', ((d,),), (0,)),
   }
   if not c.tie_embeddings:
