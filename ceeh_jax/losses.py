@@ -193,7 +193,8 @@ def hard_weight_anneal(step, total_steps, *, start=5.0, end=1.0):
   Cosine, the same curve as `cosine_decay`, so both recipe modes release the extra pressure on
   hard questions along one shape: slowly at first, fastest mid-training, flat at the end.
   """
-  return jnp.float32(end) + (start - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * _progress(step, total_steps)))
+  cos = 0.5 * (1.0 + jnp.cos(jnp.pi * _progress(step, total_steps)))
+  return jnp.float32(end) + (start - end) * cos
 
 
 def ceeh_ea_advantages(advantages, entropy, hard, *, alpha=0.4):
