@@ -202,6 +202,9 @@ class Attention(nn.Module):
                                                cache_end, axis=1)
       new_cache = {'k': kc, 'v': vc}
       chunk = min(cfg.decode_chunk, kc.shape[1])
+      if kc.shape[1] % chunk:  # a ragged last chunk would be clamped and read wrong keys
+        raise ValueError(f'cache length {kc.shape[1]} must be a multiple of decode_chunk '
+                         f'{chunk} (init_cache rounds it up)')
       out = _decode_attention(q[:, 0], kc, vc, key_mask, cache_end + 1, chunk)[:, None]
     else:
       own_mask = key_mask[:, :t]
