@@ -59,8 +59,8 @@ def get_config(arg=None):
   c.mesh.shape = (1, 1, 1)
 
   # Loop
-  c.total_steps = 40
-  c.eval_every = 20
+  c.total_steps = 30
+  c.eval_every = 15
   c.checkpoint_every = 10
   c.grading.num_workers = 2
   c.grading.timeout_s = 5.0
