@@ -4,7 +4,8 @@ Nothing is allocated: params, optimizer state, batches and the KV cache are Shap
 with shardings; XLA's `compiled.memory_analysis()` gives argument/output/temp/code bytes.
 
   python experiments/memory_plan.py --config=r1_1p5b --devices=8 --lora=32
-  python experiments/memory_plan.py --table      # the full grid -> experiments/memory_plans.md
+  python experiments/memory_plan.py --config=r1_7b --devices=32 --lora=0 --append
+      # also appends the rows to experiments/memory_plans.md (header written when new)
 
 CPU compilation is a proxy for TPU/GPU: the buffer sizes are the same programs' buffers, but
 the backend's fusion and scheduling differ, so treat temp bytes as +-30%.
@@ -26,7 +27,7 @@ def _parse(argv):
   p.add_argument('--prompt_len', type=int, default=1024)
   p.add_argument('--decode_rows', type=int, default=None, help='rows decoded at once (B*G)')
   p.add_argument('--what', default='train,decode')
-  p.add_argument('--table', action='store_true', help='run the grid and write the markdown')
+  p.add_argument('--append', action='store_true', help='append the rows to --out')
   p.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                'memory_plans.md'))
   return p.parse_args(argv)
@@ -196,6 +197,11 @@ def main(args):
   print(HEADER)
   for name, r in res.items():
     print(row(name, config, args.devices, r))
+  if args.append:
+    new = not os.path.exists(args.out)
+    with open(args.out, 'a') as f:
+      f.write((HEADER + '\n') if new else '')
+      f.writelines(row(n, config, args.devices, r) + '\n' for n, r in res.items())
   return res
 
 
