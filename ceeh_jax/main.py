@@ -37,7 +37,13 @@ def main(argv):
     from ceeh_jax import train  # pylint: disable=g-import-not-at-top
     train.train_and_evaluate(config, workdir)
   elif mode == 'eval':
-    from ceeh_jax import evaluate  # pylint: disable=g-import-not-at-top
+    try:
+      from ceeh_jax import evaluate  # pylint: disable=g-import-not-at-top
+    except ModuleNotFoundError as e:
+      if e.name != 'ceeh_jax.evaluate':
+        raise
+      raise app.UsageError('the evaluation job (ceeh_jax/evaluate.py) is not in this version; '
+                           'use the eval hook of a training run or notebooks/ for now') from None
     evaluate.run(config, workdir)
   else:
     from ceeh_jax import fingerprint  # pylint: disable=g-import-not-at-top
