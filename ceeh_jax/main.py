@@ -6,6 +6,7 @@ r"""Entry point. Kept thin: the logic lives in importable functions that tests c
   python -m ceeh_jax.main --config=configs/eval_math.py --workdir=runs/eval   # evaluation
   python -m ceeh_jax.main --mode=fingerprint --workdir=runs/r1   # hash of the latest state
 """
+import importlib.util
 import os
 
 from absl import app
@@ -37,13 +38,10 @@ def main(argv):
     from ceeh_jax import train  # pylint: disable=g-import-not-at-top
     train.train_and_evaluate(config, workdir)
   elif mode == 'eval':
-    try:
-      from ceeh_jax import evaluate  # pylint: disable=g-import-not-at-top
-    except ModuleNotFoundError as e:
-      if e.name != 'ceeh_jax.evaluate':
-        raise
+    if importlib.util.find_spec('ceeh_jax.evaluate') is None:
       raise app.UsageError('the evaluation job (ceeh_jax/evaluate.py) is not in this version; '
-                           'use the eval hook of a training run or notebooks/ for now') from None
+                           'use the eval hook of a training run or notebooks/ for now')
+    from ceeh_jax import evaluate  # pylint: disable=g-import-not-at-top
     evaluate.run(config, workdir)
   else:
     from ceeh_jax import fingerprint  # pylint: disable=g-import-not-at-top
