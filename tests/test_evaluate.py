@@ -13,6 +13,7 @@ from ceeh_jax import checkpointing as ckpt_lib
 from ceeh_jax import compare
 from ceeh_jax import default_config
 from ceeh_jax import evaluate
+from ceeh_jax import grading as grading_lib
 from ceeh_jax import hf_io
 from ceeh_jax import metrics as metrics_lib
 from ceeh_jax import sharding as sharding_lib
@@ -95,8 +96,11 @@ def test_end_to_end_writes_every_output(base_run):
   assert md.count('| bench |') == 3 and 'Pass@4' in md
 
 
-def test_metrics_agree_with_samples(setup, base_run, tmp_path):
+def test_metrics_agree_with_samples(setup, base_run, tmp_path, monkeypatch):
   model_dir, bench, _ = setup
+  # A random model is never right: grade by response parity so every metric is non-trivial.
+  monkeypatch.setattr(grading_lib.Grader, 'grade_batch', lambda self, responses, refs: [
+      grading_lib.Grade(len(r) % 3 == 0, True, str(len(r)), 'ok') for r in responses])
   base_dir, base_results = base_run
   workdir = str(tmp_path / 'run')
   # A different temperature: other samples, scored against the base run.
@@ -109,6 +113,7 @@ def test_metrics_agree_with_samples(setup, base_run, tmp_path):
   correct = np.array([[r['correct'] for r in samples if r['id'] == i] for i in ids])
   length = np.array([[r['length'] for r in samples if r['id'] == i] for i in ids], float)
   hard = np.array([next(r['hard'] for r in samples if r['id'] == i) for i in ids])
+  assert 0 < correct.mean() < 1 and 0 < correct[hard].mean() < 1
   assert s['acc'] == pytest.approx(correct.mean())
   assert s['len'] == pytest.approx(length.mean())
   for k in (1, 2, 4):
