@@ -8,6 +8,7 @@ import functools
 import json
 import os
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +31,38 @@ from ceeh_jax import steps as steps_lib
 from ceeh_jax.synthetic import paths as synthetic
 from ceeh_jax import tokenizer as tokenizer_lib
 from ceeh_jax.models.config import QwenConfig
+
+
+class Draw(NamedTuple):
+  """One rollout batch of B prompts x G samples, graded; rows prompt-major."""
+  idx: np.ndarray                  # int[B] training-example indices
+  rollout: sampler_lib.Rollout     # device arrays [R, M]
+  lengths: np.ndarray              # int32[R]
+  truncated: np.ndarray            # bool[R]
+  grades: list                     # R grading_lib results
+  correct: np.ndarray              # bool[R]
+  boxed: np.ndarray                # bool[R]
+
+
+def merge_draws(draws: list[Draw]) -> Draw:
+  """Concatenates draws of the same M along the batch (rows stay prompt-major)."""
+  if len(draws) == 1:
+    return draws[0]
+  cat = lambda *xs: np.concatenate(xs)
+  return Draw(idx=cat(*[d.idx for d in draws]),
+              rollout=jax.tree.map(lambda *xs: jnp.concatenate(xs), *[d.rollout for d in draws]),
+              lengths=cat(*[d.lengths for d in draws]),
+              truncated=cat(*[d.truncated for d in draws]),
+              grades=[gr for d in draws for gr in d.grades],
+              correct=cat(*[d.correct for d in draws]), boxed=cat(*[d.boxed for d in draws]))
+
+
+def take_groups(d: Draw, groups: np.ndarray, group_size: int) -> Draw:
+  """The draw restricted to `groups` (indices into its B prompts), each with its G rows."""
+  rows = (np.asarray(groups)[:, None] * group_size + np.arange(group_size)).reshape(-1)
+  return Draw(idx=d.idx[groups], rollout=jax.tree.map(lambda x: x[rows], d.rollout),
+              lengths=d.lengths[rows], truncated=d.truncated[rows],
+              grades=[d.grades[i] for i in rows], correct=d.correct[rows], boxed=d.boxed[rows])
 
 
 class TooManySkippedUpdates(RuntimeError):
@@ -166,6 +199,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     return sampler_lib.generate(view, prompts, rng, model_cfg=sample_cfg, cfg=cfg, mesh=mesh,
                                 rules=rules)
 
+  flags = methods_lib.trainer_flags(config.method, hparams)
+
+  def draw(params, idx, key, temperature, max_new, timing) -> Draw:
+    """Rollout of prompts `idx` (G each), then grading on the host (bounded per response)."""
+    t0 = time.perf_counter()
+    ro = rollout(params, [train_prompts[i] for i in idx], key, temperature, g, max_new,
+                 config.sampling.top_p)
+    tokens_np, lengths_np, truncated = jax.device_get((ro.tokens, ro.lengths, ro.truncated))
+    t1 = time.perf_counter()
+    texts = tokenizer_lib.decode_completions(tokenizer, tokens_np, lengths_np)
+    grades = grader.grade_batch(texts, [train[i].answer for i in idx for _ in range(g)])
+    timing['rollout'] += t1 - t0
+    timing['grade'] += time.perf_counter() - t1
+    return Draw(idx=np.asarray(idx), rollout=ro, lengths=np.asarray(lengths_np, np.int32),
+                truncated=np.asarray(truncated), grades=grades,
+                correct=np.array([gr.correct for gr in grades]),
+                boxed=np.array([gr.boxed for gr in grades]))
+
+  def fresh_key(state):
+    """Splits a sampling key off the state's rng (checkpointed: a resumed run draws the same)."""
+    rng, key = jax.random.split(jax.random.wrap_key_data(state.rng))
+    return state.replace(rng=jax.random.key_data(rng)), key
+
+  def informative(d: Draw, state, step) -> np.ndarray:
+    inputs = methods_lib.RewardInputs(correct=d.correct, boxed=d.boxed, lengths=d.lengths,
+                                      truncated=d.truncated, qids=np.repeat(d.idx, g))
+    return methods_lib.informative(config.method, hparams, inputs, state.difficulty['method'],
+                                   step, group_size=g)
+
   # --- Base-policy eval (once per workdir, kept for the closing table) ---------------------
   eval_rng = jax.random.key(config.seed + 17)  # the same eval draws for base and final
   base_path = os.path.join(workdir, 'base_eval.json')
@@ -180,23 +242,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   end = config.total_steps if stop_after is None else min(config.total_steps, start + stop_after)
   for step in range(start, end):
     t0 = time.perf_counter()
-    idx = iterator.next()
     temperature = methods_lib.sampling_temperature(config.method, hparams, step,
                                                    config.sampling.temperature)
-    # Rollout: fresh key from the state (checkpointed, so a resumed run draws the same).
-    rng, sample_key = jax.random.split(jax.random.wrap_key_data(state.rng))
-    state = state.replace(rng=jax.random.key_data(rng))
-    ro = rollout(state.params, [train_prompts[i] for i in idx], sample_key, temperature, g,
-                 config.sampling.max_new_tokens, config.sampling.top_p)
-    tokens_np, lengths_np = jax.device_get((ro.tokens, ro.lengths))
-    t1 = time.perf_counter()
-
-    # Grade on the host (bounded per response).
-    texts = tokenizer_lib.decode_completions(tokenizer, tokens_np, lengths_np)
-    answers = [train[i].answer for i in idx for _ in range(g)]
-    grades = grader.grade_batch(texts, answers)
-    correct = np.array([gr.correct for gr in grades])
-    boxed = np.array([gr.boxed for gr in grades])
+    max_new = methods_lib.generation_limit(config.method, hparams, step,
+                                           config.sampling.max_new_tokens)
+    # Rollout and grading; with dynamic sampling (DLER) more batches of prompts are drawn, at
+    # most max_rounds in all, until enough groups have rewards that differ.
+    draws, timing, pool_info = [], {'rollout': 0.0, 'grade': 0.0}, np.zeros(0, bool)
+    while not draws or (flags.dynamic_sampling and len(draws) < flags.max_rounds
+                        and pool_info.sum() < config.batch_size):
+      state, sample_key = fresh_key(state)
+      draws.append(draw(state.params, iterator.next(), sample_key, temperature, max_new, timing))
+      if flags.dynamic_sampling:
+        pool_info = np.concatenate([pool_info, informative(draws[-1], state, step)])
+    d = merge_draws(draws)
+    if flags.dynamic_sampling:
+      keep_groups = methods_lib.select_groups(pool_info, config.batch_size)
+      d = take_groups(d, keep_groups, g)
+      draw_metrics = {'dynamic/draws': len(draws),
+                      'dynamic/informative_groups': float(pool_info[keep_groups].mean())}
+    idx, ro, lengths_np, truncated, grades, correct, boxed = d
+    t1 = t0 + timing['rollout']
     t2 = time.perf_counter()
 
     # Scores, rewards, advantages.
@@ -212,7 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     qids = np.repeat(np.asarray(idx, np.int32), g)
     state, rewards, adv, hard, keep, r_metrics = rollout_update(
         state, qids, correct, boxed, np.asarray(lengths_np, np.int32),
-        np.asarray(jax.device_get(ro.truncated)), extra=extra)
+        truncated, extra=extra)
     batch = batch.replace(advantages=adv, hard=hard, mask=batch.mask & keep[:, None])
     t3 = time.perf_counter()
 
@@ -233,9 +299,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           'latest checkpoint.')
 
     # Metrics.
-    n_tokens = int(lengths_np.sum())
+    n_tokens = int(sum(dr.lengths.sum() for dr in draws))  # every token sampled this step
     record = {k: float(v) for k, v in jax.device_get(r_metrics).items()}
     record.update({k: float(np.mean([m[k] for m in t_metrics])) for k in t_metrics[0]})
+    if flags.dynamic_sampling:
+      record.update(draw_metrics)
     record.update({'grade/timeouts': sum(gr.status == 'timeout' for gr in grades),
                    'grade/errors': sum(gr.status == 'error' for gr in grades),
                    'time/rollout': t1 - t0, 'time/grade': t2 - t1, 'time/update': t3 - t2,

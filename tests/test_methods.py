@@ -149,8 +149,26 @@ def test_dler_truncation_and_batch_whitened_advantages():
   _close(flat.advantages, [0] * 8)
   np.testing.assert_array_equal(methods_lib.informative_groups(flat.rewards, 4), [F, F])
   flags = methods_lib.trainer_flags('dler')
-  assert flags.dynamic_sampling and flags.eps_high == 0.28 and flags.max_rounds == 3
+  assert flags.dynamic_sampling and flags.max_rounds == 3
+  assert not methods_lib.trainer_flags('dler', {'dynamic_sampling': False}).dynamic_sampling
+  assert methods_lib.trainer_flags('grpo').max_rounds == 1
   assert methods_lib.generation_limit('dler', {}, 0, 20480) == 4000
+
+
+def test_dynamic_sampling_informative_and_selection():
+  # DLER rewards: group 0 mixed (informative), group 1 all truncated (0, 0, 0, 0), group 2 all
+  # correct within the limit (1, 1, 1, 1): only group 0 teaches anything.
+  inp = _inp([T, F, T, F] + [T] * 4 + [T] * 4, [10] * 12, truncated=[F] * 4 + [T] * 4 + [F] * 4)
+  info = methods_lib.informative('dler', {}, inp, {}, 0, group_size=4)
+  np.testing.assert_array_equal(info, [T, F, F])
+  # Informative groups first, then uninformative ones in draw order; result sorted.
+  np.testing.assert_array_equal(methods_lib.select_groups([F, T, F, T, T, F], 3), [1, 3, 4])
+  np.testing.assert_array_equal(methods_lib.select_groups([F, F, F, T], 2), [0, 3])
+  np.testing.assert_array_equal(methods_lib.select_groups([T] * 4, 4), [0, 1, 2, 3])
+  with pytest.raises(ValueError, match='cannot fill'):
+    methods_lib.select_groups([T, T], 3)
+  with pytest.raises(ValueError, match='unknown hyper-parameters'):
+    methods_lib.resolve_hparams('dler', {'eps_high': 0.3})   # clip-higher is grpo.eps_high
 
 
 def test_dapo_overlong_penalty_and_switch():

@@ -14,6 +14,7 @@ from ceeh_jax.methods.core import CEEH_METHODS
 from ceeh_jax.methods.core import compute
 from ceeh_jax.methods.core import default_hparams
 from ceeh_jax.methods.core import generation_limit
+from ceeh_jax.methods.core import informative
 from ceeh_jax.methods.core import init_state
 from ceeh_jax.methods.core import loss_mask
 from ceeh_jax.methods.core import MethodFlags
@@ -22,6 +23,7 @@ from ceeh_jax.methods.core import METHODS
 from ceeh_jax.methods.core import resolve_hparams
 from ceeh_jax.methods.core import RewardInputs
 from ceeh_jax.methods.core import sampling_temperature
+from ceeh_jax.methods.core import select_groups
 from ceeh_jax.methods.core import trainer_flags
 from ceeh_jax.methods.egrc import COMPRESS
 from ceeh_jax.methods.egrc import egrc_stage

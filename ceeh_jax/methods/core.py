@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 from flax import struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ceeh_jax.methods import common
 from ceeh_jax.methods import egrc as egrc_lib
@@ -37,8 +38,9 @@ _DEFAULTS = {
     'hapo': {'weight': 1.0, 'clamp': -0.7},
     # ThinkPrune (arXiv 2504.01296): 4k -> 3k -> 2k limits; the step boundaries are ours.
     'thinkprune': {'limits': (4096, 3072, 2048), 'boundaries': (100, 200)},
-    # DLER (arXiv 2510.15110): 4k truncation, clip-higher 0.28, dynamic sampling.
-    'dler': {'max_len': 4000, 'eps_high': 0.28, 'dynamic_sampling': True, 'max_rounds': 3},
+    # DLER (arXiv 2510.15110): 4k truncation, dynamic sampling (at most 3 draws per batch; the
+    # bound is ours). Its clip-higher 0.28 is config.grpo.eps_high (every recipe's default).
+    'dler': {'max_len': 4000, 'dynamic_sampling': True, 'max_rounds': 3},
     # LASER (arXiv 2505.15612): step reward α = 0.5 under the target length.
     'laser': {'target': 4096, 'bonus': 0.5},
     # LASER-D (arXiv 2505.15612): 3 accuracy buckets, ECR targets on a 1024 grid from 4096 to
@@ -88,8 +90,7 @@ class MethodFlags(NamedTuple):
   positive_only: bool           # EGRC: may return a loss_mask (compression stage)
   stateful: bool                # HAPO, LASER-D: history carried in the checkpointed state
   dynamic_sampling: bool        # DLER: regenerate until groups are informative
-  max_rounds: int               # bound on those regeneration rounds
-  eps_high: float | None        # DLER clip-higher; None = the config's grpo.eps_high
+  max_rounds: int               # bound on the rollout draws per batch (1 = no regeneration)
 
 
 def default_hparams(method: str) -> dict:
@@ -166,7 +167,28 @@ def trainer_flags(method: str, cfg=None) -> MethodFlags:
       needs_token_inputs=method == 'entra', positive_only=method == 'egrc',
       stateful=method in ('hapo', 'laser_d'),
       dynamic_sampling=method == 'dler' and bool(hp['dynamic_sampling']),
-      max_rounds=int(hp.get('max_rounds', 1)), eps_high=hp.get('eps_high'))
+      max_rounds=int(hp.get('max_rounds', 1)))
+
+
+def informative(method: str, cfg, inputs: RewardInputs, state: dict, step: int, *,
+                group_size: int) -> np.ndarray:
+  """Host: bool[B], the groups whose rewards under `method` are not all equal (dynamic
+  sampling keeps these: an all-equal group has zero advantage and teaches nothing)."""
+  rewards = compute(method, cfg, inputs, state, step, group_size=group_size).rewards
+  return np.asarray(jax.device_get(length_lib.informative_groups(rewards, group_size)))
+
+
+def select_groups(informative_flags, batch_groups: int) -> np.ndarray:
+  """Host: int[batch_groups] indices of the groups to train on, from a pool of drawn groups.
+
+  Informative groups first, then (only if the bounded draws found too few) uninformative ones,
+  each in draw order; the result is sorted, so the batch keeps the order it was drawn in.
+  """
+  flags = np.asarray(informative_flags, bool)
+  if flags.size < batch_groups:
+    raise ValueError(f'a pool of {flags.size} groups cannot fill a batch of {batch_groups}')
+  order = np.concatenate([np.flatnonzero(flags), np.flatnonzero(~flags)])
+  return np.sort(order[:batch_groups])
 
 
 def sampling_temperature(method: str, cfg, step: int, default: float) -> float:
