@@ -304,6 +304,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     record.update({k: float(np.mean([m[k] for m in t_metrics])) for k in t_metrics[0]})
     if flags.dynamic_sampling:
       record.update(draw_metrics)
+    # The rollouts split by the examples' own difficulty (synthetic task: easy/hard by
+    # construction), for curves of length and entropy per split over training.
+    logps_np, mask_np = jax.device_get((ro.logps, ro.mask))
+    record.update(split_metrics('train', [train[i] for i in idx], g, correct.astype(np.float32),
+                                lengths_np, logps_np, mask_np))
     record.update({'grade/timeouts': sum(gr.status == 'timeout' for gr in grades),
                    'grade/errors': sum(gr.status == 'error' for gr in grades),
                    'time/rollout': t1 - t0, 'time/grade': t2 - t1, 'time/update': t3 - t2,
@@ -353,17 +358,27 @@ def evaluate_slice(params, evals, eval_prompts, config, rollout, tokenizer, grad
   texts = tokenizer_lib.decode_completions(tokenizer, tokens, lengths)
   grades = grader.grade_batch(texts, [e.answer for e in evals for _ in range(g)])
   correct = np.array([gr.correct for gr in grades], np.float32)
+  return split_metrics('eval', evals, g, correct, lengths, logps, mask)
+
+
+def split_metrics(prefix, examples, g, correct, lengths, logps, mask) -> dict:
+  """ACC / LEN / Monte-Carlo entropy (and pass@G when G > 1) overall and per easy/hard split.
+
+  Rows are prompt-major, G per example; the split is the examples' `meta.hard` (the synthetic
+  task's by-construction difficulty), skipped when no example says.
+  """
   ent = -(logps * mask).sum(1) / np.maximum(mask.sum(1), 1)
-  hard = np.array([bool(e.meta.get('hard', False)) for e in evals for _ in range(g)])
+  hard = np.array([bool(e.meta.get('hard', False)) for e in examples for _ in range(g)])
+  has_split = any('hard' in e.meta for e in examples)
   out = {}
   for name, sel in (('', np.ones_like(hard)), ('/easy', ~hard), ('/hard', hard)):
-    if sel.any() and (name == '' or any(bool(e.meta.get('hard')) for e in evals)):
-      out.update({f'eval{name}/acc': float(correct[sel].mean()),
-                  f'eval{name}/length': float(lengths[sel].mean()),
-                  f'eval{name}/entropy': float(ent[sel].mean())})
+    if sel.any() and (name == '' or has_split):
+      out.update({f'{prefix}{name}/acc': float(correct[sel].mean()),
+                  f'{prefix}{name}/length': float(lengths[sel].mean()),
+                  f'{prefix}{name}/entropy': float(ent[sel].mean())})
       if g > 1:  # unbiased pass@G over each question's G samples
         per_q = correct[sel].reshape(-1, g).astype(bool)
-        out[f'eval{name}/pass@k'] = float(metrics_lib.mean_pass_at_k(per_q, g))
+        out[f'{prefix}{name}/pass@k'] = float(metrics_lib.mean_pass_at_k(per_q, g))
   return out
 
 

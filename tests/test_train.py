@@ -30,7 +30,8 @@ def test_smoke_logs_every_step_once(uninterrupted):
   assert steps == [1, 2, 3, 4]
   assert (d / 'w' / 'report.md').exists() and 'easy' in (d / 'w' / 'report.md').read_text()
   for key in ('acc', 'length', 'entropy', 'hard_fraction', 'clip/high', 'kl', 'grad_norm',
-              'tokens_per_s', 'time/rollout', 'time/grade', 'time/train', 'reward/mean'):
+              'tokens_per_s', 'time/rollout', 'time/grade', 'time/train', 'reward/mean',
+              'train/easy/length', 'train/hard/entropy', 'train/hard/pass@k'):
     assert key in record, key
   evals = [r for r in metric_writers.read_metrics(str(d / 'w')) if 'eval/acc' in r]
   assert [r['step'] for r in evals] == [2, 4]
