@@ -149,6 +149,41 @@ def test_lora_init_and_lora_off_are_the_base_model():
   np.testing.assert_allclose(merged[mask], got_on[mask], atol=1e-4)
 
 
+@pytest.mark.parametrize('block', [4, 5, 13])  # several blocks, a ragged last block, one block
+def test_blocked_causal_attention_equals_naive_masked_softmax(block):
+  """The training attention (query blocks, causal skipping, recomputing backward) equals the
+  naive [B,K,G,T,S] masked softmax in values and in gradients, on every query that sees a key."""
+  b, t, k, g, h = 3, 13, 2, 3, 8
+  ks = jax.random.split(jax.random.key(0), 4)
+  q = jax.random.normal(ks[0], (b, t, k, g, h))
+  kk, vv = jax.random.normal(ks[1], (b, t, k, h)), jax.random.normal(ks[2], (b, t, k, h))
+  key_mask = jnp.arange(t)[None] >= jnp.asarray([0, 4, 9])[:, None]   # left padding
+  # Cotangent zero on queries with no visible key (left padding): their output is unused.
+  w = jax.random.normal(ks[3], q.shape) * key_mask[:, :, None, None, None]
+  causal = jnp.tril(jnp.ones((t, t), bool))[None] & key_mask[:, None, :]
+  naive = lambda q, kk, vv: qwen2_lib._full_attention(q, kk, vv, causal)[0]
+  blocked = lambda q, kk, vv: qwen2_lib.causal_attention(q, kk, vv, key_mask, block)
+  got, ref = _jit(blocked)(q, kk, vv), _jit(naive)(q, kk, vv)
+  valid = np.asarray(key_mask)
+  np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(ref)[valid], atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(got)[~valid], 0.0)
+  grad = lambda fn: _jit(jax.grad(lambda *a: (fn(*a) * w).sum(), argnums=(0, 1, 2)))(q, kk, vv)
+  for a, r in zip(grad(blocked), grad(naive)):
+    np.testing.assert_allclose(a, r, atol=1e-5)
+
+
+def test_training_forward_equals_probability_path():
+  """The model's no-cache forward (blocked attention) equals the path that materialises the
+  attention probabilities (ENTRA's return_mu), on the real tokens."""
+  params = _random_params(TINY)
+  toks, mask = _left_pad(PROMPTS)
+  pos = qwen2_lib.positions_from_mask(mask)
+  model = qwen2_lib.Qwen2(TINY)
+  fast = _jit(lambda p: model.apply({'params': p}, toks, pos, mask)[0])(params)
+  slow = _jit(lambda p: model.apply({'params': p}, toks, pos, mask, return_mu=True)[0])(params)
+  np.testing.assert_allclose(np.asarray(fast)[mask], np.asarray(slow)[mask], atol=1e-5)
+
+
 def test_remat_policies_same_values_and_grads():
   params = _random_params(TINY)
   toks, mask = _left_pad(PROMPTS)

@@ -124,6 +124,77 @@ def _full_attention(q, k, v, mask):
   return out, probs
 
 
+# Query block of the training attention: [B, K, G, C, S] score blocks stay cache-sized, and
+# blocks above the causal diagonal are never computed (about half the score work at C << T).
+TRAIN_ATTN_BLOCK = 32
+
+
+def _query_blocks(t: int, c: int):
+  """Static (start, size) of the query blocks of a length-t sequence."""
+  return [(s, min(c, t - s)) for s in range(0, t, c)]
+
+
+def _visible(key_mask, q0: int, nq: int, nk: int):
+  """bool[B, nq, nk]: key s is a real token at or before query q0 + i (causal)."""
+  causal = (q0 + jnp.arange(nq))[:, None] >= jnp.arange(nk)[None]
+  return causal[None] & key_mask[:, None, :nk]
+
+
+def _causal_fwd(q, k, v, key_mask, block):
+  outs, lses = [], []
+  for q0, n in _query_blocks(q.shape[1], block):
+    end = q0 + n  # keys past the block's last query are all in the future: skipped
+    ok = _visible(key_mask, q0, n, end)[:, None, None]
+    s = jnp.einsum('BTKGH,BSKH->BKGTS', q[:, q0:end], k[:, :end],
+                   preferred_element_type=jnp.float32)
+    s = jnp.where(ok, s, _NEG)
+    m = s.max(-1, keepdims=True)
+    p = jnp.where(ok, jnp.exp(s - m), 0.0)
+    l = jnp.where(ok.any(-1, keepdims=True), p.sum(-1, keepdims=True), jnp.inf)  # no visible key: output 0
+    o = jnp.einsum('BKGTS,BSKH->BTKGH', (p / l).astype(v.dtype), v[:, :end],
+                   preferred_element_type=jnp.float32)
+    outs.append(o)
+    lses.append((m + jnp.log(jnp.where(jnp.isinf(l), 1.0, l)))[..., 0])
+  out = jnp.concatenate(outs, axis=1).astype(q.dtype)
+  return out, (q, k, v, key_mask, out, jnp.concatenate(lses, axis=-1))
+
+
+def _causal_bwd(block, res, d_out):
+  """Flash-attention backward: probabilities recomputed per block from the saved logsumexp."""
+  q, k, v, key_mask, out, lse = res
+  d_out = d_out.astype(jnp.float32)
+  delta = jnp.einsum('BTKGH,BTKGH->BKGT', out.astype(jnp.float32), d_out)
+  dq, dk, dv = [], jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32)
+  for q0, n in _query_blocks(q.shape[1], block):
+    end = q0 + n
+    ok = _visible(key_mask, q0, n, end)[:, None, None]
+    qb, kb, vb, dob = q[:, q0:end], k[:, :end], v[:, :end], d_out[:, q0:end]
+    s = jnp.einsum('BTKGH,BSKH->BKGTS', qb, kb, preferred_element_type=jnp.float32)
+    p = jnp.where(ok, jnp.exp(s - lse[..., q0:end, None]), 0.0)
+    dv = dv.at[:, :end].add(jnp.einsum('BKGTS,BTKGH->BSKH', p, dob))
+    dp = jnp.einsum('BTKGH,BSKH->BKGTS', dob, vb.astype(jnp.float32))
+    ds = p * (dp - delta[..., q0:end, None])
+    dq.append(jnp.einsum('BKGTS,BSKH->BTKGH', ds, kb.astype(jnp.float32)))
+    dk = dk.at[:, :end].add(jnp.einsum('BKGTS,BTKGH->BSKH', ds, qb.astype(jnp.float32)))
+  return (jnp.concatenate(dq, axis=1).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype),
+          None)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def causal_attention(q, k, v, key_mask, block: int = TRAIN_ATTN_BLOCK):
+  """Causal self-attention without a cache (training, scoring) -> out [B, T, K, G, H].
+
+  q[B,T,K,G,H], k/v[B,T,K,H], key_mask bool[B,T]. Equal to `_full_attention` with the
+  causal & key mask on every query that sees a key; a query that sees none (left padding)
+  gets 0, not a uniform average of masked keys. Never stores [B, K, G, T, S] probabilities for
+  the backward pass: it keeps the fp32 logsumexp [B, K, G, T] and recomputes each block.
+  """
+  return _causal_fwd(q, k, v, key_mask, block)[0]
+
+
+causal_attention.defvjp(_causal_fwd, _causal_bwd)
+
+
 def _decode_attention(q, k_cache, v_cache, key_mask, live, chunk: int):
   """One query per row over the live cache prefix, chunk by chunk (online softmax).
 
@@ -173,6 +244,7 @@ def attention_received(probs, key_mask):
 class Attention(nn.Module):
   config: QwenConfig
   mode: str  # 'full' | 'prefill' | 'decode'
+  need_probs: bool = False  # 'full' only: return the [B,K,G,T,S] probabilities (ENTRA's mu)
 
   @nn.compact
   def __call__(self, x, sin, cos, key_mask, layer_cache, cache_end, lora_on):
@@ -206,6 +278,8 @@ class Attention(nn.Module):
         raise ValueError(f'cache length {kc.shape[1]} must be a multiple of decode_chunk '
                          f'{chunk} (init_cache rounds it up)')
       out = _decode_attention(q[:, 0], kc, vc, key_mask, cache_end + 1, chunk)[:, None]
+    elif self.mode == 'full' and not self.need_probs:
+      out = causal_attention(q, kk, vv, key_mask[:, :t])
     else:
       own_mask = key_mask[:, :t]
       mask = jnp.tril(jnp.ones((t, t), bool))[None] & own_mask[:, None, :]
@@ -252,7 +326,7 @@ class Block(nn.Module):
   def __call__(self, x, layer_cache, sin, cos, key_mask, cache_end):
     cfg = self.config
     norm = functools.partial(RMSNorm, cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype)
-    attn_out, new_cache, probs = Attention(cfg, self.mode, name='attn')(
+    attn_out, new_cache, probs = Attention(cfg, self.mode, self.want_mu, name='attn')(
         norm(name='pre_attn_norm')(x), sin, cos, key_mask, layer_cache, cache_end, self.lora_on)
     x = x + attn_out
     x = x + Mlp(cfg, name='mlp')(norm(name='pre_mlp_norm')(x), self.lora_on)
