@@ -61,7 +61,7 @@ class DecodeState:
   """Everything the decode loop carries (donated into `decode`)."""
   step: jax.Array        # int32[]: tokens generated so far
   prompt_len: jax.Array  # int32[]: P (cache slot of the first generated token)
-  cache: dict            # {'k','v': [L, R, S, K, H]}
+  cache: dict            # {'k','v': [L, R, K, S, H]}
   key_mask: jax.Array    # bool[R, S]
   position: jax.Array    # int32[R]: RoPE position of the last generated token
   tokens: jax.Array      # int32[R, M]
@@ -182,7 +182,7 @@ def _prefill(params, prompt_tokens, prompt_mask, rng, temperature, top_p, *,
     b, p_len = prompt_tokens.shape
     g, m = cfg.num_samples, cfg.max_new_tokens
     cache = qwen2_lib.init_cache(model_cfg, b, p_len + m)
-    s_len = cache['k'].shape[2]
+    s_len = cache['k'].shape[3]
     key_mask = jnp.concatenate([prompt_mask, jnp.ones((b, s_len - p_len), bool)], axis=1)
     positions = qwen2_lib.positions_from_mask(prompt_mask)
     logits, cache = qwen2_lib.Qwen2(model_cfg).apply(

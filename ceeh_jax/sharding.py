@@ -12,6 +12,7 @@ import math
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
@@ -124,9 +125,9 @@ def init_params(config, rng, mesh: Mesh, rules=DEFAULT_RULES):
 
 
 def cache_sharding(mesh: Mesh, config, batch: int, rules=DEFAULT_RULES) -> NamedSharding:
-  """Sharding of a KV cache [L, B, S, K, H]: batch over data axes, kv heads over tensor if K divides."""
-  shape = (config.num_layers, batch, 1, config.num_kv_heads, config.head_dim)
-  names = (None, 'cache_batch', 'cache_length', 'cache_kv_heads', None)
+  """Sharding of a KV cache [L, B, K, S, H]: batch over data axes, kv heads over tensor if K divides."""
+  shape = (config.num_layers, batch, config.num_kv_heads, 1, config.head_dim)
+  names = (None, 'cache_batch', 'cache_kv_heads', 'cache_length', None)
   return NamedSharding(mesh, spec_for(names, shape, mesh, rules))
 
 
@@ -138,6 +139,29 @@ def batch_sharding(mesh: Mesh, batch: int, ndim: int, rules=DEFAULT_RULES) -> Na
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def put_global(x, sharding) -> jax.Array:
+  """Host data -> a jax.Array on `sharding`, this process transferring only its own shards.
+
+  Every process passes the same global `x` (they all build the same batch). Unlike
+  `jax.device_put`, which on a multi-process sharding first checks across processes that the
+  whole array is equal (an all-gather of it), nothing crosses hosts here.
+  """
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def to_host(tree):
+  """Device arrays -> numpy, all-gathering those sharded across processes.
+
+  A collective when an array spans processes: every process must call it, in the same order.
+  """
+  def one(x):
+    if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+      return multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(jax.device_get(x))
+  return jax.tree.map(one, tree)
 
 
 def rules_from_config(rules) -> tuple:

@@ -109,7 +109,7 @@ def test_prefill_then_decode_equals_full_forward():
   pos = np.asarray(qwen2_lib.positions_from_mask(jnp.asarray(seq_mask)))
 
   cache = qwen2_lib.init_cache(config, b, 40)                           # 5 chunks of 8
-  assert cache['k'].shape == (3, b, 40, 2, 8)
+  assert cache['k'].shape == (3, b, 2, 40, 8)
   key_mask = np.concatenate([seq_mask, np.ones((b, 40 - seq.shape[1]), bool)], 1)
   prefill = _jit(lambda prm, c: model.apply({'params': prm}, seq[:, :p], pos[:, :p],
                                             key_mask, c))
@@ -279,8 +279,8 @@ def test_kv_heads_replicated_when_tensor_does_not_divide():
     assert shardings['layers']['attn'][name]['kernel'].spec == P(None, 'fsdp', None, None)
     assert shardings['layers']['attn'][name]['bias'].spec == P(None, None, None)
   assert shardings['layers']['attn']['q']['kernel'].spec == P(None, 'fsdp', 'tensor', None)
-  assert sharding_lib.cache_sharding(mesh, r1, 8).spec[3] is None
+  assert sharding_lib.cache_sharding(mesh, r1, 8).spec[2] is None          # [L, B, K, S, H]
   # 7B has K = 4: tensor = 4 splits the kv heads and the cache.
   r7 = QwenConfig.r1_distill_7b()
   assert sharding_lib.param_shardings(r7, mesh)['layers']['attn']['k']['kernel'].spec[2] == 'tensor'
-  assert sharding_lib.cache_sharding(mesh, r7, 8).spec[3] == 'tensor'
+  assert sharding_lib.cache_sharding(mesh, r7, 8).spec[2] == 'tensor'

@@ -23,6 +23,11 @@ Three attention modes, picked statically:
   * decode (cache given, T == 1): the new key/value is written at `cache_end`, and the query
     attends to the live part [0, cache_end] chunk by chunk (online softmax), so one step costs
     O(live length), not O(preallocated length).
+
+KV cache layout [L, B, K, S, H]: each (row, kv head) holds its keys as one contiguous [S, H]
+matrix, so a decode chunk is a plain batched matmul operand (no per-step transpose). In decode
+the whole stacked cache rides the layer scan as carry and each layer writes its slot in place
+(as scanned input/output it was sliced and re-stacked: two full cache copies per token).
 """
 import functools
 import math
@@ -35,7 +40,7 @@ from ceeh_jax.models.config import QwenConfig
 
 _NEG = -1e30  # finite "minus infinity": fully padded rows give a uniform, not NaN, softmax
 
-Cache = dict  # {'k': dtype[L, B, S, K, H], 'v': dtype[L, B, S, K, H]}
+Cache = dict  # {'k': dtype[L, B, K, S, H], 'v': dtype[L, B, K, S, H]}
 
 _REMAT = {
     'full': jax.checkpoint_policies.nothing_saveable,
@@ -195,28 +200,30 @@ def causal_attention(q, k, v, key_mask, block: int = TRAIN_ATTN_BLOCK):
 causal_attention.defvjp(_causal_fwd, _causal_bwd)
 
 
-def _decode_attention(q, k_cache, v_cache, key_mask, live, chunk: int):
-  """One query per row over the live cache prefix, chunk by chunk (online softmax).
+def _decode_attention(q, k_cache, v_cache, layer, key_mask, live, chunk: int):
+  """One query per row over layer `layer`'s live cache prefix, chunk by chunk (online softmax).
 
-  q[B,K,G,H]; k/v_cache[B,S,K,H]; key_mask bool[B,S]; live int32[] = valid prefix length.
-  Returns [B,K,G,H]. Work is proportional to `live`, not to S.
+  q[B,K,G,H]; k/v_cache[L,B,K,S,H] (the whole stack: chunks are read in place); layer int32[];
+  key_mask bool[B,S]; live int32[] = valid prefix length. Returns [B,K,G,H]. Work is
+  proportional to `live`, not to S.
   """
-  b, _, kh, h = k_cache.shape
+  _, b, kh, _, h = k_cache.shape
   g = q.shape[2]
 
   def body(c, carry):
     m, l, acc = carry
-    k = jax.lax.dynamic_slice_in_dim(k_cache, c * chunk, chunk, axis=1)
-    v = jax.lax.dynamic_slice_in_dim(v_cache, c * chunk, chunk, axis=1)
+    read = lambda x: jax.lax.dynamic_slice(x, (layer, 0, 0, c * chunk, 0),
+                                           (1, b, kh, chunk, h))[0]
+    k, v = read(k_cache), read(v_cache)
     idx = c * chunk + jnp.arange(chunk)
     ok = jax.lax.dynamic_slice_in_dim(key_mask, c * chunk, chunk, axis=1) & (idx < live)[None]
-    s = jnp.einsum('BKGH,BCKH->BKGC', q, k, preferred_element_type=jnp.float32)
+    s = jnp.einsum('BKGH,BKCH->BKGC', q, k, preferred_element_type=jnp.float32)
     s = jnp.where(ok[:, None, None], s, _NEG)
     m_new = jnp.maximum(m, s.max(-1))
     p = jnp.where(ok[:, None, None], jnp.exp(s - m_new[..., None]), 0.0)
     corr = jnp.exp(m - m_new)
     l = l * corr + p.sum(-1)
-    acc = acc * corr[..., None] + jnp.einsum('BKGC,BCKH->BKGH', p.astype(v.dtype), v,
+    acc = acc * corr[..., None] + jnp.einsum('BKGC,BKCH->BKGH', p.astype(v.dtype), v,
                                              preferred_element_type=jnp.float32)
     return m_new, l, acc
 
@@ -247,7 +254,9 @@ class Attention(nn.Module):
   need_probs: bool = False  # 'full' only: return the [B,K,G,T,S] probabilities (ENTRA's mu)
 
   @nn.compact
-  def __call__(self, x, sin, cos, key_mask, layer_cache, cache_end, lora_on):
+  def __call__(self, x, sin, cos, key_mask, cache, layer, cache_end, lora_on):
+    """`cache`: this layer's {'k','v': [B,K,S,H]} (prefill), the whole stack
+    {'k','v': [L,B,K,S,H]} with `layer` its index (decode), or None (no cache)."""
     cfg = self.config
     d, n, k, h = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     g = n // k
@@ -266,18 +275,20 @@ class Attention(nn.Module):
     q = q.reshape(b, t, k, g, h)
 
     probs = None
-    new_cache = layer_cache
+    new_cache = cache
+    # [B, T, K, H] -> [B, K, T, H], the cache's per-head layout.
+    as_cache = lambda x: x.transpose(0, 2, 1, 3).astype(cache['k'].dtype)
     if self.mode == 'decode':
-      kc = jax.lax.dynamic_update_slice_in_dim(layer_cache['k'], kk.astype(layer_cache['k'].dtype),
-                                               cache_end, axis=1)
-      vc = jax.lax.dynamic_update_slice_in_dim(layer_cache['v'], vv.astype(layer_cache['v'].dtype),
-                                               cache_end, axis=1)
+      write = lambda c, x: jax.lax.dynamic_update_slice(c, as_cache(x)[None],
+                                                        (layer, 0, 0, cache_end, 0))
+      kc, vc = write(cache['k'], kk), write(cache['v'], vv)
       new_cache = {'k': kc, 'v': vc}
-      chunk = min(cfg.decode_chunk, kc.shape[1])
-      if kc.shape[1] % chunk:  # a ragged last chunk would be clamped and read wrong keys
-        raise ValueError(f'cache length {kc.shape[1]} must be a multiple of decode_chunk '
+      s_len = kc.shape[3]
+      chunk = min(cfg.decode_chunk, s_len)
+      if s_len % chunk:  # a ragged last chunk would be clamped and read wrong keys
+        raise ValueError(f'cache length {s_len} must be a multiple of decode_chunk '
                          f'{chunk} (init_cache rounds it up)')
-      out = _decode_attention(q[:, 0], kc, vc, key_mask, cache_end + 1, chunk)[:, None]
+      out = _decode_attention(q[:, 0], kc, vc, layer, key_mask, cache_end + 1, chunk)[:, None]
     elif self.mode == 'full' and not self.need_probs:
       out = causal_attention(q, kk, vv, key_mask[:, :t])
     else:
@@ -285,11 +296,8 @@ class Attention(nn.Module):
       mask = jnp.tril(jnp.ones((t, t), bool))[None] & own_mask[:, None, :]
       out, probs = _full_attention(q, kk, vv, mask)
       if self.mode == 'prefill':
-        new_cache = {
-            'k': jax.lax.dynamic_update_slice_in_dim(layer_cache['k'],
-                                                     kk.astype(layer_cache['k'].dtype), 0, 1),
-            'v': jax.lax.dynamic_update_slice_in_dim(layer_cache['v'],
-                                                     vv.astype(layer_cache['v'].dtype), 0, 1)}
+        new_cache = {'k': jax.lax.dynamic_update_slice_in_dim(cache['k'], as_cache(kk), 0, 2),
+                     'v': jax.lax.dynamic_update_slice_in_dim(cache['v'], as_cache(vv), 0, 2)}
     out = out.reshape(b, t, n, h)
     out = nn.with_logical_constraint(out, ('act_batch', 'act_length', 'act_heads', None))
     y = proj('BTNH,NHD->BTD', (n, h, d), ('q_heads', 'head_dim', 'embed'), 2, False,
@@ -316,21 +324,29 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-  """One pre-norm decoder layer; the scan body (carry = residual stream)."""
+  """One pre-norm decoder layer; the scan body.
+
+  Carry: the residual stream x, or in decode (x, whole cache stack, layer index) so the
+  cache is updated in place. Scanned input: this layer's cache slice (prefill) or None.
+  """
   config: QwenConfig
   mode: str
   lora_on: bool = True
   want_mu: bool = False
 
   @nn.compact
-  def __call__(self, x, layer_cache, sin, cos, key_mask, cache_end):
+  def __call__(self, carry, layer_cache, sin, cos, key_mask, cache_end):
     cfg = self.config
+    decode = self.mode == 'decode'
+    x, cache, layer = carry if decode else (carry, layer_cache, None)
     norm = functools.partial(RMSNorm, cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype)
     attn_out, new_cache, probs = Attention(cfg, self.mode, self.want_mu, name='attn')(
-        norm(name='pre_attn_norm')(x), sin, cos, key_mask, layer_cache, cache_end, self.lora_on)
+        norm(name='pre_attn_norm')(x), sin, cos, key_mask, cache, layer, cache_end, self.lora_on)
     x = x + attn_out
     x = x + Mlp(cfg, name='mlp')(norm(name='pre_mlp_norm')(x), self.lora_on)
     x = nn.with_logical_constraint(x, ('act_batch', 'act_length', 'act_embed'))
+    if decode:
+      return (x, new_cache, layer + 1), (None, None)
     mu = attention_received(probs, key_mask[:, :x.shape[1]]) if self.want_mu else None
     return x, (new_cache, mu)
 
@@ -349,7 +365,7 @@ class Qwen2(nn.Module):
       positions: int32[B, T] RoPE positions (left-padded rows start at 0 on their first token).
       key_mask: bool[B, S], True on real tokens; S = T without a cache, else the cache length.
         None means no padding.
-      cache: {'k','v': [L, B, S, K, H]} or None. With T > 1 it must be empty (prefill).
+      cache: {'k','v': [L, B, K, S, H]} or None. With T > 1 it must be empty (prefill).
       cache_end: int32[] slot of the new token when decoding (T == 1).
       return_hidden: return the final-norm hidden states [B, T, D] instead of logits.
       lora_on: False runs the base model (LoRA adapters off): the reference policy.
@@ -366,7 +382,7 @@ class Qwen2(nn.Module):
     if return_mu and mode != 'full':
       raise ValueError('return_mu is only available without a cache')
     if key_mask is None:
-      key_mask = jnp.ones((b, t if cache is None else cache['k'].shape[2]), bool)
+      key_mask = jnp.ones((b, t if cache is None else cache['k'].shape[3]), bool)
     if cache_end is None:
       cache_end = jnp.zeros((), jnp.int32)
 
@@ -379,11 +395,16 @@ class Qwen2(nn.Module):
     block = Block
     if cfg.remat_policy != 'none':
       block = nn.remat(Block, policy=_REMAT[cfg.remat_policy], prevent_cse=False)
+    decode = mode == 'decode'
     layers = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True},
-                     in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                     in_axes=(nn.broadcast if decode else 0,) + (nn.broadcast,) * 4,
                      length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
-    x, (new_cache, mu) = layers(cfg, mode, lora_on, return_mu, name='layers')(
-        x, cache, sin, cos, key_mask, cache_end)
+    layers = layers(cfg, mode, lora_on, return_mu, name='layers')
+    if decode:
+      (x, new_cache, _), (_, mu) = layers((x, cache, jnp.zeros((), jnp.int32)), None, sin, cos,
+                                          key_mask, cache_end)
+    else:
+      x, (new_cache, mu) = layers(x, cache, sin, cos, key_mask, cache_end)
     x = RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name='final_norm')(x)
 
     if return_hidden:
@@ -409,10 +430,10 @@ def unembedding(params, config: QwenConfig):
 
 
 def init_cache(config: QwenConfig, batch: int, length: int, dtype=None) -> Cache:
-  """Zeros KV cache {'k','v': [L, B, S, K, H]}; S rounded up to the decode chunk."""
+  """Zeros KV cache {'k','v': [L, B, K, S, H]}; S rounded up to the decode chunk."""
   chunk = config.decode_chunk
   length = -(-length // chunk) * chunk if length > chunk else length
-  shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
+  shape = (config.num_layers, batch, config.num_kv_heads, length, config.head_dim)
   dtype = dtype or config.dtype
   return {'k': jnp.zeros(shape, dtype), 'v': jnp.zeros(shape, dtype)}
 
