@@ -54,8 +54,13 @@ def _init(std=0.02):
 
 
 class Proj(nn.Module):
-  """An einsum projection `x · kernel (+ bias)`, with an optional LoRA delta `x·A·B·scale`."""
-  eq: str                          # e.g. 'BTD,DNH->BTNH'
+  """A projection `x · kernel (+ bias)`, with an optional LoRA delta `x·A·B·scale`.
+
+  The kernel contracts the last `num_in` dims of x (e.g. [D] -> [N, H] for q, [N, H] -> [D]
+  for o). It runs as one 2D matmul [rows, in] x [in, out] (leading dims and head dims
+  flattened, free reshapes): as a multi-batch-dim einsum, XLA:CPU transposed the activations
+  for every weight-gradient dot (~half of a tiny train step).
+  """
   kernel_shape: tuple[int, ...]
   kernel_axes: tuple[str, ...]
   num_in: int                      # how many trailing dims of x the kernel contracts
@@ -69,21 +74,22 @@ class Proj(nn.Module):
   def __call__(self, x, lora_on: bool = True):
     kernel = self.param('kernel', nn.with_logical_partitioning(_init(), self.kernel_axes),
                         self.kernel_shape, self.param_dtype)
-    y = jnp.einsum(self.eq, x.astype(self.dtype), kernel.astype(self.dtype))
+    in_shape, out_shape = self.kernel_shape[:self.num_in], self.kernel_shape[self.num_in:]
+    n_in, n_out = math.prod(in_shape), math.prod(out_shape)
+    lead = x.shape[:x.ndim - self.num_in]
+    xf = x.reshape(-1, n_in).astype(self.dtype)                           # [rows, in]
+    y = (xf @ kernel.reshape(n_in, n_out).astype(self.dtype)).reshape(lead + out_shape)
     if self.use_bias:
-      out_shape, out_axes = self.kernel_shape[self.num_in:], self.kernel_axes[self.num_in:]
+      out_axes = self.kernel_axes[self.num_in:]
       bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, out_axes),
                         out_shape, self.param_dtype)
       y = y + bias.astype(self.dtype)
     if self.lora_rank:
-      n_in = math.prod(self.kernel_shape[:self.num_in])
-      n_out = math.prod(self.kernel_shape[self.num_in:])
       a = self.param('lora_a', nn.with_logical_partitioning(_init(1 / n_in ** 0.5), (None, None)),
                      (n_in, self.lora_rank), self.param_dtype)
       b = self.param('lora_b', nn.with_logical_partitioning(nn.initializers.zeros, (None, None)),
                      (self.lora_rank, n_out), self.param_dtype)
       if lora_on:  # off = the frozen base model, i.e. the reference policy
-        xf = x.reshape(x.shape[:x.ndim - self.num_in] + (n_in,)).astype(self.dtype)
         delta = (xf @ a.astype(self.dtype)) @ b.astype(self.dtype)
         y = y + (self.lora_scale * delta).reshape(y.shape).astype(self.dtype)
     return y
@@ -263,11 +269,11 @@ class Attention(nn.Module):
     proj = functools.partial(Proj, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
     lora = lambda name: dict(lora_rank=cfg.lora_rank if name in cfg.lora_targets else 0,
                              lora_scale=cfg.lora_scale)
-    q = proj('BTD,DNH->BTNH', (d, n, h), ('embed', 'q_heads', 'head_dim'), 1, True,
+    q = proj((d, n, h), ('embed', 'q_heads', 'head_dim'), 1, True,
              name='q', **lora('q'))(x, lora_on)
-    kk = proj('BTD,DKH->BTKH', (d, k, h), ('embed', 'kv_heads', 'head_dim'), 1, True,
+    kk = proj((d, k, h), ('embed', 'kv_heads', 'head_dim'), 1, True,
               name='k', **lora('k'))(x, lora_on)
-    vv = proj('BTD,DKH->BTKH', (d, k, h), ('embed', 'kv_heads', 'head_dim'), 1, True,
+    vv = proj((d, k, h), ('embed', 'kv_heads', 'head_dim'), 1, True,
               name='v', **lora('v'))(x, lora_on)
     q = apply_rope(q, sin, cos) * jnp.asarray(h ** -0.5, q.dtype)
     kk = apply_rope(kk, sin, cos)
@@ -300,7 +306,7 @@ class Attention(nn.Module):
                      'v': jax.lax.dynamic_update_slice_in_dim(cache['v'], as_cache(vv), 0, 2)}
     out = out.reshape(b, t, n, h)
     out = nn.with_logical_constraint(out, ('act_batch', 'act_length', 'act_heads', None))
-    y = proj('BTNH,NHD->BTD', (n, h, d), ('q_heads', 'head_dim', 'embed'), 2, False,
+    y = proj((n, h, d), ('q_heads', 'head_dim', 'embed'), 2, False,
              name='o', **lora('o'))(out, lora_on)
     return y, new_cache, probs
 
@@ -315,9 +321,9 @@ class Mlp(nn.Module):
                              lora_scale=cfg.lora_scale)
     rank = lambda name: cfg.lora_rank if name in cfg.lora_targets else 0
     d, f = cfg.embed_dim, cfg.mlp_dim
-    gate = proj('BTD,DF->BTF', (d, f), ('embed', 'mlp'), name='gate', lora_rank=rank('gate'))
-    up = proj('BTD,DF->BTF', (d, f), ('embed', 'mlp'), name='up', lora_rank=rank('up'))
-    down = proj('BTF,FD->BTD', (f, d), ('mlp', 'embed'), name='down', lora_rank=rank('down'))
+    gate = proj((d, f), ('embed', 'mlp'), name='gate', lora_rank=rank('gate'))
+    up = proj((d, f), ('embed', 'mlp'), name='up', lora_rank=rank('up'))
+    down = proj((f, d), ('mlp', 'embed'), name='down', lora_rank=rank('down'))
     hidden = nn.silu(gate(x, lora_on)) * up(x, lora_on)
     hidden = nn.with_logical_constraint(hidden, ('act_batch', 'act_length', 'act_mlp'))
     return down(hidden, lora_on)
