@@ -5,6 +5,12 @@ r"""Entry point. Kept thin: the logic lives in importable functions that tests c
       --config.model.hf_dir=/ckpt/DeepSeek-R1-Distill-Qwen-1.5B
   python -m ceeh_jax.main --config=configs/eval_math.py --workdir=runs/eval   # evaluation
   python -m ceeh_jax.main --mode=fingerprint --workdir=runs/r1   # hash of the latest state
+
+Multi-host (the same command on every process; the workdir on a shared filesystem):
+  ... --coordinator_address=auto                        # TPU pod slice, SLURM, Open MPI
+  ... --coordinator_address=10.0.0.1:1234 --num_processes=4 --process_id=$RANK   # elsewhere
+The flags fall back to CEEH_COORDINATOR / CEEH_NUM_PROCESSES / CEEH_PROCESS_ID /
+CEEH_LOCAL_DEVICE_IDS; with none set the run is single-process (see ceeh_jax/distributed.py).
 """
 import importlib.util
 import os
@@ -13,6 +19,8 @@ from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from ceeh_jax import distributed
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                'configs', 'tiny.py')
@@ -23,11 +31,23 @@ flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, logs); resumes
                     'Default: runs/<config name>.')
 flags.DEFINE_enum('mode', None, ['train', 'eval', 'fingerprint'],
                   'What to do; default: the config\'s `mode` field, else train.')
+flags.DEFINE_string('coordinator_address', None, "Multi-host: process 0's 'host:port', or "
+                    "'auto' (cluster detection on TPU pods / SLURM / MPI). Env: CEEH_COORDINATOR.")
+flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes. '
+                     'Env: CEEH_NUM_PROCESSES.')
+flags.DEFINE_integer('process_id', None, "Multi-host: this process's rank, 0 .. "
+                     'num_processes - 1. Env: CEEH_PROCESS_ID.')
+flags.DEFINE_list('local_device_ids', None, 'Multi-host: the local devices this process uses '
+                  '(e.g. one GPU each: 0). Env: CEEH_LOCAL_DEVICE_IDS.')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  f = flags.FLAGS
+  distributed.initialize(  # before anything touches devices
+      f.coordinator_address, f.num_processes, f.process_id,
+      None if f.local_device_ids is None else [int(i) for i in f.local_device_ids])
   if not flags.FLAGS['verbosity'].present:  # orbax logs every save at INFO; keep the bar readable
     logging.set_verbosity(logging.WARNING)
   config = flags.FLAGS.config
