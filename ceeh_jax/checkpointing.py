@@ -1,5 +1,8 @@
 """Orbax checkpoints of the whole TrainState plus the data position, with safe fallback.
 
+Multi-host: every process calls save/restore (orbax writes each process's shards and lets
+process 0 write the metadata); `<workdir>` must be one directory all processes see.
+
 Layout under `<workdir>/checkpoints/<step>/`: `state` (the TrainState pytree) and `meta`
 (JSON: data-iterator state, training-set fingerprint, config). Restore walks back from the
 newest step to the first one that loads, warning about each broken one, so a checkpoint
@@ -13,6 +16,8 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from ceeh_jax import distributed as dist_lib
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +81,17 @@ class Checkpointer:
 
   def _set_aside(self, steps):
     """Moves unreadable step directories to checkpoints_corrupt/ (kept, not deleted), so the
-    resumed run can write those steps again."""
+    resumed run can write those steps again. Multi-host: process 0 moves, the others wait."""
     if not steps:
       return
-    dest = self.directory + '_corrupt'
-    os.makedirs(dest, exist_ok=True)
-    for s in steps:
-      src = os.path.join(self.directory, str(s))
-      if os.path.exists(src):
-        os.replace(src, os.path.join(dest, f'{s}-{int(time.time())}'))
+    if jax.process_index() == 0:
+      dest = self.directory + '_corrupt'
+      os.makedirs(dest, exist_ok=True)
+      for s in steps:
+        src = os.path.join(self.directory, str(s))
+        if os.path.exists(src):
+          os.replace(src, os.path.join(dest, f'{s}-{int(time.time())}'))
+    dist_lib.barrier('ceeh_checkpoint_set_aside')
     self.manager.reload()
 
   def _warn(self, step, e):

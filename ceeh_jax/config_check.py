@@ -1,4 +1,6 @@
 """Config validation: every bad value fails here, with its key, before anything compiles."""
+import math
+
 import jax
 
 from ceeh_jax import sharding as sharding_lib
@@ -68,6 +70,9 @@ def validate(config, num_devices: int | None = None) -> None:
     mesh_shape = sharding_lib.resolve_mesh_shape(config.mesh.shape, n)
   except ValueError as e:
     raise ConfigError(f'config.mesh.shape: {e}') from None
+  if jax.process_count() > 1 and math.prod(mesh_shape) != n:  # else some hosts hold nothing
+    raise ConfigError(f'config.mesh.shape={list(config.mesh.shape)} covers {math.prod(mesh_shape)} '
+                      f'of the {n} devices; a multi-host mesh must span all (e.g. (-1, 1, 1))')
   data_ways = mesh_shape[0] * mesh_shape[1]
   if config.batch_size % data_ways:
     raise ConfigError(f'config.batch_size={config.batch_size} must be divisible by the data axes '

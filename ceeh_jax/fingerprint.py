@@ -7,6 +7,7 @@ mismatch says where two runs diverged.
 import hashlib
 import os
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -44,12 +45,22 @@ def load_latest_state(workdir: str):
   errors = []
   for step in steps:
     try:
-      restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+      # Saved on another topology (e.g. 2 hosts), the arrays come back whole on one device.
+      restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(
+          fallback_sharding=jax.sharding.SingleDeviceSharding(_host_device()))))
       state = restored['state']
       return step, _to_numpy(state)
     except Exception as e:  # noqa: BLE001 - fall back to the previous checkpoint
       errors.append(f'step {step}: {type(e).__name__}')
   raise FileNotFoundError(f'no readable checkpoint in {directory} ({"; ".join(errors) or "empty"})')
+
+
+def _host_device():
+  """A CPU device where there is one (the state goes to numpy anyway), else the first device."""
+  try:
+    return jax.local_devices(backend='cpu')[0]
+  except RuntimeError:
+    return jax.local_devices()[0]
 
 
 def _to_numpy(tree):

@@ -16,13 +16,17 @@ class MetricWriter:
 
   On resume, `truncate_after(step)` drops lines written after the restored checkpoint so the log
   has each step exactly once (a killed run may have logged steps it never checkpointed).
+  With `enabled=False` (every process but the first of a multi-host run) nothing is written.
   """
 
-  def __init__(self, workdir: str, tensorboard: bool = True, filename: str = 'metrics.jsonl'):
-    os.makedirs(workdir, exist_ok=True)
+  def __init__(self, workdir: str, tensorboard: bool = True, filename: str = 'metrics.jsonl',
+               enabled: bool = True):
     self.path = os.path.join(workdir, filename)
+    self.enabled = enabled
     self._tb = None
-    if tensorboard:
+    if enabled:
+      os.makedirs(workdir, exist_ok=True)
+    if tensorboard and enabled:
       try:
         from tensorboardX import SummaryWriter
         self._tb = SummaryWriter(os.path.join(workdir, 'tb'))
@@ -31,7 +35,7 @@ class MetricWriter:
 
   def truncate_after(self, step: int) -> int:
     """Keeps only records with step <= `step`; returns how many were dropped."""
-    if not os.path.exists(self.path):
+    if not self.enabled or not os.path.exists(self.path):
       return 0
     kept, dropped = [], 0
     with open(self.path) as f:
@@ -57,6 +61,8 @@ class MetricWriter:
       s = _scalar(v) if not isinstance(v, (int, float)) else float(v)
       if s is not None:
         rec[k] = s if math.isfinite(s) else str(s)
+    if not self.enabled:
+      return rec
     with open(self.path, 'a') as f:
       f.write(json.dumps(rec) + '\n')
       f.flush()

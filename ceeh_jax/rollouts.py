@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ceeh_jax import sampler as sampler_lib
+from ceeh_jax import sharding as sharding_lib
 from ceeh_jax import steps as steps_lib
 from ceeh_jax import tokenizer as tokenizer_lib
 
@@ -48,17 +49,20 @@ def make_batch(prompts, rollout: sampler_lib.Rollout, group_size: int, pad_id: i
                bucket: int | None = None, lengths=None) -> steps_lib.Batch:
   """Training batch for all R = B·G responses (prompt rows repeated G times)."""
   toks, mask = sampler_lib.pad_prompts(prompts, pad_id, bucket)
-  r, m = rollout.tokens.shape
+  m = rollout.tokens.shape[1]
   # Train only on the generated part: trim the completion columns to a power-of-two bucket of
   # the longest response (few shapes, few compiles; no forward/backward over pure padding).
   longest = int(jax.device_get(rollout.lengths).max()) if lengths is None else int(max(lengths))
   m = min(m, sampler_lib.bucket_length(longest, minimum=32))
-  zeros = jnp.zeros((r, m), jnp.float32)
-  return steps_lib.Batch(prompt=jnp.asarray(np.repeat(toks, group_size, 0)),
-                         prompt_mask=jnp.asarray(np.repeat(mask, group_size, 0)),
+  # Prompt rows go where their completions are (on a multi-host mesh, each process puts only
+  # its own rows).
+  put = lambda x: sharding_lib.put_global(np.repeat(x, group_size, 0), rollout.tokens.sharding)
+  old_logp = rollout.logps[:, :m]
+  zeros_r = jnp.zeros_like(old_logp[:, 0])
+  return steps_lib.Batch(prompt=put(toks), prompt_mask=put(mask),
                          completion=rollout.tokens[:, :m], mask=rollout.mask[:, :m],
-                         old_logp=rollout.logps[:, :m], ref_logp=zeros,
-                         advantages=jnp.zeros((r,), jnp.float32), hard=jnp.zeros((r,), jnp.float32))
+                         old_logp=old_logp, ref_logp=jnp.zeros_like(old_logp),
+                         advantages=zeros_r, hard=zeros_r)
 
 
 def minibatches(batch: steps_lib.Batch, size: int):

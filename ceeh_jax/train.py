@@ -3,6 +3,10 @@
 mesh -> data -> model & optimizer (eval_shape, sharded init) -> checkpoint restore ->
 loop { rollout (jitted sampler) -> grade (host, bounded) -> rollout_update (jit) ->
        train_step per minibatch (jit, donated) -> metrics -> eval -> checkpoint }.
+
+Multi-host: every process runs this same loop on the same host data (see distributed.py);
+host values of sharded arrays come back through `sharding_lib.to_host`, process 0's grades
+are used everywhere, only process 0 writes logs, metrics and reports, and all save checkpoints.
 """
 import functools
 import json
@@ -19,6 +23,7 @@ import tqdm
 from ceeh_jax import checkpointing as ckpt_lib
 from ceeh_jax import config_check
 from ceeh_jax import data as data_lib
+from ceeh_jax import distributed as dist_lib
 from ceeh_jax import grading as grading_lib
 from ceeh_jax import hf_io
 from ceeh_jax import methods as methods_lib
@@ -123,6 +128,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   config_check.validate(config)
   os.makedirs(workdir, exist_ok=True)
+  main = dist_lib.is_main()  # the one process that writes logs, metrics and reports
   g = config.sampling.num_samples
 
   # --- Mesh --------------------------------------------------------------------------------
@@ -158,7 +164,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # --- Checkpoint restore ------------------------------------------------------------------
   ckpt = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
-  writer = metric_writers.MetricWriter(workdir, tensorboard=config.tensorboard)
+  writer = metric_writers.MetricWriter(workdir, tensorboard=config.tensorboard, enabled=main)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                           state)
   restored = ckpt.restore(abstract, check_meta=lambda meta: ckpt_lib.check_data_fingerprint(
@@ -167,7 +173,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     start, state, meta = restored
     iterator.set_state(meta['iterator'])
     dropped = writer.truncate_after(start)
-    print(f'resumed from step {start} ({dropped} later log lines dropped)')
+    if main:
+      print(f'resumed from step {start} ({dropped} later log lines dropped)')
   else:
     start = 0
     writer.truncate_after(0)
@@ -206,16 +213,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     t0 = time.perf_counter()
     ro = rollout(params, [train_prompts[i] for i in idx], key, temperature, g, max_new,
                  config.sampling.top_p)
-    tokens_np, lengths_np, truncated = jax.device_get((ro.tokens, ro.lengths, ro.truncated))
+    tokens_np, lengths_np, truncated = sharding_lib.to_host((ro.tokens, ro.lengths,
+                                                             ro.truncated))
     t1 = time.perf_counter()
     texts = tokenizer_lib.decode_completions(tokenizer, tokens_np, lengths_np)
     grades = grader.grade_batch(texts, [train[i].answer for i in idx for _ in range(g)])
+    # A grading timeout can differ between hosts; all must train on the same rewards.
+    correct, boxed = dist_lib.agree((np.array([gr.correct for gr in grades]),
+                                     np.array([gr.boxed for gr in grades])))
     timing['rollout'] += t1 - t0
     timing['grade'] += time.perf_counter() - t1
     return Draw(idx=np.asarray(idx), rollout=ro, lengths=np.asarray(lengths_np, np.int32),
-                truncated=np.asarray(truncated), grades=grades,
-                correct=np.array([gr.correct for gr in grades]),
-                boxed=np.array([gr.boxed for gr in grades]))
+                truncated=np.asarray(truncated), grades=grades, correct=correct, boxed=boxed)
 
   def fresh_key(state):
     """Splits a sampling key off the state's rng (checkpointed: a resumed run draws the same)."""
@@ -231,13 +240,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # --- Base-policy eval (once per workdir, kept for the closing table) ---------------------
   eval_rng = jax.random.key(config.seed + 17)  # the same eval draws for base and final
   base_path = os.path.join(workdir, 'base_eval.json')
-  if evals and not os.path.exists(base_path):
-    ckpt_lib.dump_json(base_path, evaluate_slice(state.params, evals, eval_prompts, config,
-                                                 rollout, tokenizer, grader, eval_rng))
+  # Decided once for all processes (the eval is collective; only process 0 writes the file).
+  if evals and dist_lib.agree(np.bool_(not os.path.exists(base_path))):
+    base = evaluate_slice(state.params, evals, eval_prompts, config, rollout, tokenizer, grader,
+                          eval_rng)
+    if main:
+      ckpt_lib.dump_json(base_path, base)
 
   # --- Loop --------------------------------------------------------------------------------
   record = {}
-  bar = tqdm.tqdm(total=config.total_steps, initial=start, disable=not config.progress,
+  bar = tqdm.tqdm(total=config.total_steps, initial=start, disable=not (config.progress and main),
                   desc=f'{config.method}', dynamic_ncols=True)
   end = config.total_steps if stop_after is None else min(config.total_steps, start + stop_after)
   for step in range(start, end):
@@ -287,7 +299,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     for mb in rollouts_lib.minibatches(batch, config.minibatch_size):
       state, m = train_step(state, mb, jnp.float32(temperature))
       t_metrics.append(m)
-    t_metrics = jax.device_get(t_metrics)
+    t_metrics = sharding_lib.to_host(t_metrics)
     t4 = time.perf_counter()
 
     skipped = int(state.skipped)
@@ -300,13 +312,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
     # Metrics.
     n_tokens = int(sum(dr.lengths.sum() for dr in draws))  # every token sampled this step
-    record = {k: float(v) for k, v in jax.device_get(r_metrics).items()}
+    record = {k: float(v) for k, v in sharding_lib.to_host(r_metrics).items()}
     record.update({k: float(np.mean([m[k] for m in t_metrics])) for k in t_metrics[0]})
     if flags.dynamic_sampling:
       record.update(draw_metrics)
     # The rollouts split by the examples' own difficulty (synthetic task: easy/hard by
     # construction), for curves of length and entropy per split over training.
-    logps_np, mask_np = jax.device_get((ro.logps, ro.mask))
+    logps_np, mask_np = sharding_lib.to_host((ro.logps, ro.mask))
     record.update(split_metrics('train', [train[i] for i in idx], g, correct.astype(np.float32),
                                 lengths_np, logps_np, mask_np))
     record.update({'grade/timeouts': sum(gr.status == 'timeout' for gr in grades),
@@ -331,13 +343,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if evals and end == config.total_steps:
     final = evaluate_slice(state.params, evals, eval_prompts, config, rollout, tokenizer, grader,
                            eval_rng)
-    ckpt_lib.dump_json(os.path.join(workdir, 'final_eval.json'), final)
-    with open(base_path) as f:
-      table = report_table(json.load(f), final)
-    with open(os.path.join(workdir, 'report.md'), 'w') as f:
-      f.write(table + '\n')
-    print(f'\n{config.method}: base policy vs after {config.total_steps} steps '
-          f'({len(evals)} held-out questions)\n{table}')
+    if main:
+      ckpt_lib.dump_json(os.path.join(workdir, 'final_eval.json'), final)
+      with open(base_path) as f:
+        table = report_table(json.load(f), final)
+      with open(os.path.join(workdir, 'report.md'), 'w') as f:
+        f.write(table + '\n')
+      print(f'\n{config.method}: base policy vs after {config.total_steps} steps '
+            f'({len(evals)} held-out questions)\n{table}')
     record.update(final)
   ckpt.close()
   grader.close()
@@ -354,7 +367,7 @@ def evaluate_slice(params, evals, eval_prompts, config, rollout, tokenizer, grad
   s = config.sampling
   g = s.eval_num_samples
   ro = rollout(params, eval_prompts, rng, s.eval_temperature, g, s.max_new_tokens, s.eval_top_p)
-  tokens, lengths, logps, mask = jax.device_get((ro.tokens, ro.lengths, ro.logps, ro.mask))
+  tokens, lengths, logps, mask = sharding_lib.to_host((ro.tokens, ro.lengths, ro.logps, ro.mask))
   texts = tokenizer_lib.decode_completions(tokenizer, tokens, lengths)
   grades = grader.grade_batch(texts, [e.answer for e in evals for _ in range(g)])
   correct = np.array([gr.correct for gr in grades], np.float32)

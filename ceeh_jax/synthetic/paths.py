@@ -27,6 +27,7 @@ def resolve_data(source: str, workdir: str, seed: int = 0) -> str:
     rows = task.make_dataset(int(n), seed=1_000_003 * split_seed + seed)
     for r in rows:
       r['id'] = f'{split}-{r["id"]}'
-    task.write_jsonl(rows, path + '.tmp')
-    os.replace(path + '.tmp', path)
+    tmp = f'{path}.tmp{os.getpid()}'  # processes of a multi-host run may all generate it
+    task.write_jsonl(rows, tmp)
+    os.replace(tmp, path)
   return path
