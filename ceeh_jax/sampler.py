@@ -265,7 +265,7 @@ def generate(params, prompts: Sequence[Sequence[int]], rng, *, model_cfg: QwenCo
   tokens, mask = pad_prompts(prompts, cfg.pad_id, bucket)
   if mesh is not None:
     shard = sharding_lib.batch_sharding(mesh, tokens.shape[0], 2, rules)
-    tokens, mask = jax.device_put(tokens, shard), jax.device_put(mask, shard)
+    tokens, mask = sharding_lib.put_global(tokens, shard), sharding_lib.put_global(mask, shard)
   temperature = jnp.float32(max(cfg.temperature, 1e-6))
   top_p = jnp.float32(cfg.top_p)
   state = prefill(params, tokens, mask, rng, temperature, top_p, model_cfg=model_cfg, cfg=cfg,

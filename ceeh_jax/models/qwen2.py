@@ -146,27 +146,30 @@ def _query_blocks(t: int, c: int):
 
 
 def _visible(key_mask, q0: int, nq: int, nk: int):
-  """bool[B, nq, nk]: key s is a real token at or before query q0 + i (causal)."""
+  """bool[B, 1, 1, nq, nk]: key s is a real token at or before query q0 + i (causal)."""
   causal = (q0 + jnp.arange(nq))[:, None] >= jnp.arange(nk)[None]
-  return causal[None] & key_mask[:, None, :nk]
+  return (causal[None] & key_mask[:, None, :nk])[:, None, None]
 
+
+# The blocked kernels work head-major (q[B,K,G,T,H], k/v[B,K,S,H]): every score and output
+# einsum is then a plain batched matmul over (B, K), with no per-block transpose.
 
 def _causal_fwd(q, k, v, key_mask, block):
   outs, lses = [], []
-  for q0, n in _query_blocks(q.shape[1], block):
+  for q0, n in _query_blocks(q.shape[3], block):
     end = q0 + n  # keys past the block's last query are all in the future: skipped
-    ok = _visible(key_mask, q0, n, end)[:, None, None]
-    s = jnp.einsum('BTKGH,BSKH->BKGTS', q[:, q0:end], k[:, :end],
+    ok = _visible(key_mask, q0, n, end)
+    s = jnp.einsum('BKGTH,BKSH->BKGTS', q[:, :, :, q0:end], k[:, :, :end],
                    preferred_element_type=jnp.float32)
     s = jnp.where(ok, s, _NEG)
     m = s.max(-1, keepdims=True)
     p = jnp.where(ok, jnp.exp(s - m), 0.0)
     l = jnp.where(ok.any(-1, keepdims=True), p.sum(-1, keepdims=True), jnp.inf)  # no visible key: output 0
-    o = jnp.einsum('BKGTS,BSKH->BTKGH', (p / l).astype(v.dtype), v[:, :end],
+    o = jnp.einsum('BKGTS,BKSH->BKGTH', (p / l).astype(v.dtype), v[:, :, :end],
                    preferred_element_type=jnp.float32)
     outs.append(o)
     lses.append((m + jnp.log(jnp.where(jnp.isinf(l), 1.0, l)))[..., 0])
-  out = jnp.concatenate(outs, axis=1).astype(q.dtype)
+  out = jnp.concatenate(outs, axis=3).astype(q.dtype)
   return out, (q, k, v, key_mask, out, jnp.concatenate(lses, axis=-1))
 
 
@@ -174,24 +177,32 @@ def _causal_bwd(block, res, d_out):
   """Flash-attention backward: probabilities recomputed per block from the saved logsumexp."""
   q, k, v, key_mask, out, lse = res
   d_out = d_out.astype(jnp.float32)
-  delta = jnp.einsum('BTKGH,BTKGH->BKGT', out.astype(jnp.float32), d_out)
+  delta = jnp.einsum('BKGTH,BKGTH->BKGT', out.astype(jnp.float32), d_out)
   dq, dk, dv = [], jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32)
-  for q0, n in _query_blocks(q.shape[1], block):
+  for q0, n in _query_blocks(q.shape[3], block):
     end = q0 + n
-    ok = _visible(key_mask, q0, n, end)[:, None, None]
-    qb, kb, vb, dob = q[:, q0:end], k[:, :end], v[:, :end], d_out[:, q0:end]
-    s = jnp.einsum('BTKGH,BSKH->BKGTS', qb, kb, preferred_element_type=jnp.float32)
+    ok = _visible(key_mask, q0, n, end)
+    qb, kb, vb = q[:, :, :, q0:end], k[:, :, :end], v[:, :, :end]
+    dob = d_out[:, :, :, q0:end]
+    s = jnp.einsum('BKGTH,BKSH->BKGTS', qb, kb, preferred_element_type=jnp.float32)
     p = jnp.where(ok, jnp.exp(s - lse[..., q0:end, None]), 0.0)
-    dv = dv.at[:, :end].add(jnp.einsum('BKGTS,BTKGH->BSKH', p, dob))
-    dp = jnp.einsum('BTKGH,BSKH->BKGTS', dob, vb.astype(jnp.float32))
+    dv = dv.at[:, :, :end].add(jnp.einsum('BKGTS,BKGTH->BKSH', p, dob))
+    dp = jnp.einsum('BKGTH,BKSH->BKGTS', dob, vb.astype(jnp.float32))
     ds = p * (dp - delta[..., q0:end, None])
-    dq.append(jnp.einsum('BKGTS,BSKH->BTKGH', ds, kb.astype(jnp.float32)))
-    dk = dk.at[:, :end].add(jnp.einsum('BKGTS,BTKGH->BSKH', ds, qb.astype(jnp.float32)))
-  return (jnp.concatenate(dq, axis=1).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype),
+    dq.append(jnp.einsum('BKGTS,BKSH->BKGTH', ds, kb.astype(jnp.float32)))
+    dk = dk.at[:, :, :end].add(jnp.einsum('BKGTS,BKGTH->BKSH', ds, qb.astype(jnp.float32)))
+  return (jnp.concatenate(dq, axis=3).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype),
           None)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _causal_attention_hm(q, k, v, key_mask, block):
+  return _causal_fwd(q, k, v, key_mask, block)[0]
+
+
+_causal_attention_hm.defvjp(_causal_fwd, _causal_bwd)
+
+
 def causal_attention(q, k, v, key_mask, block: int = TRAIN_ATTN_BLOCK):
   """Causal self-attention without a cache (training, scoring) -> out [B, T, K, G, H].
 
@@ -200,10 +211,9 @@ def causal_attention(q, k, v, key_mask, block: int = TRAIN_ATTN_BLOCK):
   gets 0, not a uniform average of masked keys. Never stores [B, K, G, T, S] probabilities for
   the backward pass: it keeps the fp32 logsumexp [B, K, G, T] and recomputes each block.
   """
-  return _causal_fwd(q, k, v, key_mask, block)[0]
-
-
-causal_attention.defvjp(_causal_fwd, _causal_bwd)
+  out = _causal_attention_hm(q.transpose(0, 2, 3, 1, 4), k.transpose(0, 2, 1, 3),
+                             v.transpose(0, 2, 1, 3), key_mask, block)
+  return out.transpose(0, 3, 1, 2, 4)
 
 
 def _decode_attention(q, k_cache, v_cache, layer, key_mask, live, chunk: int):
