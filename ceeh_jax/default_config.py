@@ -58,7 +58,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.batch_size = 32                # prompts per rollout batch (B); responses R = B * G
   c.minibatch_size = 96            # responses per optimizer update
   c.micro_batch_size = 8           # responses per forward/backward (gradient accumulation)
-  c.old_logp = 'recompute'         # 'recompute' (training forward) or 'sampler'
+  c.old_logp = 'recompute'         # 'recompute' (training forward) or 'sampler'; recompute
+                                   # with one update per batch reuses the training forward
   c.logp_chunk = 256               # sequence chunk of the fp32 log-prob/entropy pass
 
   # Optimizer

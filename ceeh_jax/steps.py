@@ -139,6 +139,17 @@ def completion_logps(params, model_cfg: QwenConfig, batch: Batch, temperature, *
       temperature=temperature, chunk_size=chunk_size)
 
 
+def on_policy(config: ml_collections.ConfigDict) -> bool:
+  """True when each rollout batch gets exactly one update at the params that sampled it.
+
+  Then (old_logp = 'recompute') the behaviour log-probs equal the training forward's own:
+  the loss uses stop_gradient(logp) (ratio exactly 1, the same value and gradient) and the
+  separate scoring pass is skipped, as TRL and verl do with one iteration per batch.
+  """
+  rows = config.batch_size * config.sampling.num_samples
+  return config.old_logp == 'recompute' and config.minibatch_size >= rows
+
+
 def score(params, batch: Batch, temperature, *, model_cfg: QwenConfig, micro_batch: int,
           lora_on: bool = True, chunk_size: int = 128):
   """Forward-only log-probs f32[R, M], micro-batched (old policy / reference policy)."""
@@ -243,6 +254,7 @@ def minibatch_loss(train_params, frozen, batch: Batch, temperature, it, *,
   use_me = config.method == 'ceeh_me' and config.ceeh.entropy_coef > 0
   use_ea = config.method == 'ceeh_ea'
   use_kl = g.kl_coef > 0
+  fresh = on_policy(config)  # behaviour log-probs = this forward's own (no scoring pass)
   t_max = config.sampling.max_new_tokens  # Dr.GRPO: a constant, not the trimmed batch width
 
   # Denominators of the whole minibatch first, so micro-batch sums add up exactly.
@@ -257,7 +269,8 @@ def minibatch_loss(train_params, frozen, batch: Batch, temperature, it, *,
     adv = jnp.broadcast_to(mb.advantages[:, None], logp.shape)
     if use_ea:
       adv = losses_lib.ceeh_ea_advantages(adv, ent, mb.hard, alpha=config.ceeh.ea_alpha)
-    pg_tok, clip = losses_lib.ppo_clip_loss(logp, mb.old_logp, adv, mb.mask, eps_low=g.eps_low,
+    old_logp = jax.lax.stop_gradient(logp) if fresh else mb.old_logp
+    pg_tok, clip = losses_lib.ppo_clip_loss(logp, old_logp, adv, mb.mask, eps_low=g.eps_low,
                                             eps_high=g.eps_high, dual_clip=g.dual_clip)
     pg_sum, _ = losses_lib.aggregate(pg_tok, mb.mask, g.aggregation, max_len=t_max)
     loss = pg_sum / pg_den

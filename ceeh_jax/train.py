@@ -280,7 +280,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     # Scores, rewards, advantages.
     batch = rollouts_lib.make_batch([train_prompts[i] for i in idx], ro, g, pad_id,
                                      lengths=lengths_np)
-    if config.old_logp == 'recompute':
+    if config.old_logp == 'recompute' and not steps_lib.on_policy(config):
       batch = batch.replace(old_logp=score(state.params, batch, jnp.float32(temperature)))
     if config.grpo.kl_coef > 0:
       ref = score(ref_params if ref_params is not None else state.params, batch,

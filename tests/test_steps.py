@@ -43,6 +43,7 @@ def _config(**kw):
   c.total_steps = 10
   c.grpo.kl_coef = 0.01
   c.optim.lr = 1e-3
+  c.old_logp = 'sampler'  # use the batch's old_logp (random here): a non-trivial PPO ratio
   for k, v in kw.items():
     node = c
     *parents, leaf = k.split('.')
@@ -98,6 +99,29 @@ def test_grad_matches_finite_differences():
   fd = (float(along(eps)) - float(along(-eps))) / (2 * eps)
   analytic = float(sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grads), jax.tree.leaves(direction))))
   assert analytic == pytest.approx(fd, rel=2e-2, abs=1e-5)
+
+
+def test_on_policy_update_equals_recomputed_old_logp():
+  """One update per batch: stop_gradient(logp) as old_logp == the scoring pass's log-probs."""
+  model_cfg = QwenConfig.tiny(num_layers=2)
+  params = qwen2_lib.init_params(model_cfg, jax.random.key(2))
+  train, frozen = steps_lib.split_params(params, False)
+  recompute = _config(method='ceeh_me', old_logp='recompute', **{'ceeh.entropy_coef': 0.05})
+  assert steps_lib.on_policy(recompute)
+  assert not steps_lib.on_policy(_config(old_logp='recompute', minibatch_size=R // 2))
+  assert not steps_lib.on_policy(_config())                      # 'sampler': sampler log-probs
+  batch = _batch(2)
+  scored = batch.replace(old_logp=steps_lib.score(params, batch, 0.8, model_cfg=model_cfg,
+                                                  micro_batch=R, chunk_size=5))
+  run = lambda config, b: jax.jit(lambda t: steps_lib.minibatch_loss(
+      t, frozen, b, 0.8, jnp.int32(1), config=config, model_cfg=model_cfg))(train)
+  l0, a0, g0 = run(recompute, batch)          # batch.old_logp (random) is ignored
+  l1, a1, g1 = run(_config(method='ceeh_me', **{'ceeh.entropy_coef': 0.05}), scored)
+  assert float(l0) == pytest.approx(float(l1), rel=1e-5, abs=1e-7)
+  clipped = {k: float(v) for k, v in a0.items() if k.startswith('clip/')}
+  assert clipped and not any(clipped.values()), clipped          # ratio 1: nothing clipped
+  for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_egrc_positive_only_wrong_responses_have_no_gradient():
