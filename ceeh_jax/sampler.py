@@ -263,11 +263,15 @@ def generate(params, prompts: Sequence[Sequence[int]], rng, *, model_cfg: QwenCo
   `params` may be a bf16 view of the training params (see `sampling_params`).
   """
   tokens, mask = pad_prompts(prompts, cfg.pad_id, bucket)
+  # Everything enters by explicit transfers; nothing else crosses host<->device until the
+  # caller reads the rollout (tests run this under jax.transfer_guard('disallow')).
   if mesh is not None:
     shard = sharding_lib.batch_sharding(mesh, tokens.shape[0], 2, rules)
     tokens, mask = sharding_lib.put_global(tokens, shard), sharding_lib.put_global(mask, shard)
-  temperature = jnp.float32(max(cfg.temperature, 1e-6))
-  top_p = jnp.float32(cfg.top_p)
+  else:
+    tokens, mask = jax.device_put((tokens, mask))
+  temperature, top_p = jax.device_put((np.float32(max(cfg.temperature, 1e-6)),
+                                       np.float32(cfg.top_p)))
   state = prefill(params, tokens, mask, rng, temperature, top_p, model_cfg=model_cfg, cfg=cfg,
                   mesh=mesh, rules=rules)
   rollout, _ = decode(params, state, temperature, top_p, model_cfg=model_cfg, cfg=cfg, mesh=mesh,

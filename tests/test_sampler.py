@@ -216,3 +216,18 @@ def test_results_independent_of_cache_and_bucket_size(tiny):
                            bucket=64)
   np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens[:, :8]))
   np.testing.assert_allclose(np.asarray(a.logps), np.asarray(b.logps[:, :8]), atol=1e-5)
+
+
+def test_rollout_makes_no_implicit_transfer(tiny):
+  """Prompts go in by one explicit device_put; prefill and the whole decode loop stay on device
+  (no host sync per token): any implicit host<->device transfer inside `generate` raises."""
+  cfg, params = tiny
+  sc = sampler_lib.SampleConfig(max_new_tokens=12, temperature=0.7, top_p=0.9, num_samples=2,
+                                eos_ids=(3,))
+  params = jax.device_put(params)
+  key = jax.device_put(jax.random.key(0))
+  jax.block_until_ready(sampler_lib.generate(params, PROMPTS, key, model_cfg=cfg, cfg=sc))
+  with jax.transfer_guard('disallow'):
+    rollout = sampler_lib.generate(params, PROMPTS, key, model_cfg=cfg, cfg=sc)
+    jax.block_until_ready(rollout)
+  assert np.asarray(rollout.tokens).shape == (2 * len(PROMPTS), 12)
