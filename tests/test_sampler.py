@@ -163,19 +163,40 @@ def test_sampler_first_token_law_end_to_end():
   assert dof >= 1 and chi2 < CHI2_CRIT_1E3[dof], (chi2, dof, expected)
 
 
-@pytest.mark.parametrize('scale', [0.01, 1.0, 8.0])  # flat (fallback path) .. peaked (fast path)
+@pytest.mark.parametrize('scale', [0.01, 1.0, 8.0])  # flat .. peaked
 def test_nucleus_threshold_equals_sort(scale):
   logits = jax.random.normal(jax.random.key(0), (6, 1000)) * scale
   probs = jax.nn.softmax(logits, -1)
   for top_p in (0.5, 0.9, 0.95):
-    got = np.asarray(sampler_lib._nucleus_threshold(probs, jnp.float32(top_p)))
     exact = np.asarray(sampler_lib._nucleus_threshold_exact(probs, jnp.float32(top_p)))
     for row in range(6):
       p = np.sort(np.asarray(probs[row]))[::-1]
       cum = np.cumsum(p)
       want = p[np.argmax(cum >= top_p)]
-      assert got[row] == pytest.approx(want, rel=1e-6)
       assert exact[row] == pytest.approx(want, rel=1e-6)
+
+
+@pytest.mark.parametrize('scale', [0.05, 3.0])  # nucleus wider than the candidates (fallback) / not
+def test_top_p_law_on_a_large_vocabulary(scale):
+  """V = 1000: a flat law's 0.9-nucleus spans > 256 tokens (exact full-vocab path), a peaked
+  one's fits the candidates; both draw only inside the sorted nucleus, at its frequencies."""
+  v, n, top_p = 1000, 40_000, 0.9
+  logits = np.asarray(jax.random.normal(jax.random.key(3), (v,))) * scale
+  expected = _exact_truncated(logits, 1.0, 0, top_p)
+  assert ((expected > 0).sum() > 256) == (scale < 1)
+  tokens, _ = sampler_lib.select(jnp.broadcast_to(jnp.asarray(logits, jnp.float32), (n, v)),
+                                 jax.random.key(9), jnp.float32(1.0), top_k=0,
+                                 top_p=jnp.float32(top_p), greedy=False)
+  counts = np.bincount(np.asarray(tokens), minlength=v)
+  assert counts[expected == 0].sum() == 0, 'sampled outside the nucleus'
+  # Chi-square over 10 bins of equal expected mass (by descending probability).
+  order = np.argsort(-expected)
+  bins = np.minimum((np.cumsum(expected[order]) - 1e-12) * 10 // expected.sum(), 9).astype(int)
+  obs = np.bincount(bins, weights=counts[order], minlength=10)
+  exp = np.bincount(bins, weights=expected[order], minlength=10) * n
+  used = exp > 0
+  chi2 = float(((obs[used] - exp[used]) ** 2 / exp[used]).sum())
+  assert chi2 < CHI2_CRIT_1E3[int(used.sum()) - 1], (chi2, obs, exp)
 
 
 def test_no_recompile_within_bucket(tiny):
