@@ -243,7 +243,7 @@ def _prefill(params, prompt_tokens, prompt_mask, rng, temperature, top_p, *,
     key_mask = jnp.concatenate([prompt_mask, jnp.ones((b, s_len - p_len), bool)], axis=1)
     positions = qwen2_lib.positions_from_mask(prompt_mask)
     logits, cache = qwen2_lib.Qwen2(model_cfg).apply(
-        {'params': params}, prompt_tokens, positions, key_mask, cache)
+        {'params': params}, prompt_tokens, positions, key_mask, cache, last_only=True)
     # Share the prompt's cache across its G samples (prompt-major rows).
     rep = lambda x, axis: jnp.repeat(x, g, axis=axis)
     cache = jax.tree.map(lambda x: rep(x, 1), cache)

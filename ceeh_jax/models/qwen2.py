@@ -305,12 +305,11 @@ class Attention(nn.Module):
         raise ValueError(f'cache length {s_len} must be a multiple of decode_chunk '
                          f'{chunk} (init_cache rounds it up)')
       out = _decode_attention(q[:, 0], kc, vc, layer, key_mask, cache_end + 1, chunk)[:, None]
-    elif self.mode == 'full' and not self.need_probs:
-      out = causal_attention(q, kk, vv, key_mask[:, :t])
-    else:
-      own_mask = key_mask[:, :t]
-      mask = jnp.tril(jnp.ones((t, t), bool))[None] & own_mask[:, None, :]
+    elif self.need_probs:  # 'full' only (ENTRA's mu needs the probabilities)
+      mask = jnp.tril(jnp.ones((t, t), bool))[None] & key_mask[:, None, :t]
       out, probs = _full_attention(q, kk, vv, mask)
+    else:  # 'full' or 'prefill': blocked, never a [B, K, G, T, T] matrix
+      out = causal_attention(q, kk, vv, key_mask[:, :t])
       if self.mode == 'prefill':
         new_cache = {'k': jax.lax.dynamic_update_slice_in_dim(cache['k'], as_cache(kk), 0, 2),
                      'v': jax.lax.dynamic_update_slice_in_dim(cache['v'], as_cache(vv), 0, 2)}
@@ -373,7 +372,8 @@ class Qwen2(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, positions, key_mask=None, cache=None, cache_end=None, *,
-               return_hidden: bool = False, lora_on: bool = True, return_mu: bool = False):
+               return_hidden: bool = False, lora_on: bool = True, return_mu: bool = False,
+               last_only: bool = False):
     """Runs the decoder.
 
     Args:
@@ -386,6 +386,8 @@ class Qwen2(nn.Module):
       return_hidden: return the final-norm hidden states [B, T, D] instead of logits.
       lora_on: False runs the base model (LoRA adapters off): the reference policy.
       return_mu: also return the final layer's attention-received mu f32[B, T] (ENTRA).
+      last_only: logits (or hidden) of the last position only, [B, 1, ...] (prefill: the
+        first sampled token needs nothing else; saves the [B, T, V] head matmul).
 
     Returns:
       (logits f32[B, T, V] or hidden [B, T, D], new cache or None[, mu f32[B, T]]).
@@ -421,6 +423,8 @@ class Qwen2(nn.Module):
                                           key_mask, cache_end)
     else:
       x, (new_cache, mu) = layers(x, cache, sin, cos, key_mask, cache_end)
+    if last_only:
+      x = x[:, -1:]
     x = RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name='final_norm')(x)
 
     if return_hidden:

@@ -183,7 +183,8 @@ def part_trl(args, peak):
                       f'--model_dir={synthetic.BASE_POLICY}', f'--prompts={prompts_path}',
                       f'--out={trl_json}', f'--steps={args.steps}',
                       f'--temperature={config.sampling.temperature}'], check=True,
-                     env={**os.environ, 'CUDA_VISIBLE_DEVICES': ''})
+                     # PASSIVE: torch's spinning OpenMP threads ran ~10x slower on shared cores.
+                     env={**os.environ, 'CUDA_VISIBLE_DEVICES': '', 'OMP_WAIT_POLICY': 'PASSIVE'})
   trl = None
   if os.path.exists(trl_json):
     with open(trl_json) as f:
