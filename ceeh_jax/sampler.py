@@ -31,6 +31,7 @@ from ceeh_jax.models.config import QwenConfig
 
 MIN_BUCKET = 16
 _NUCLEUS_CANDIDATES = 256  # top-p looks here first; the exact full-vocab search is the fallback
+_PAIRWISE_VOCAB = 256      # up to this vocabulary, top-p compares all token pairs (no sort)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +185,12 @@ def _sample(scaled, logp, rng, *, top_k: int, top_p):
   v = scaled.shape[-1]
   if not top_k and top_p is None:
     return _draw(jnp.exp(logp), rng)
+  if not top_k and v <= _PAIRWISE_VOCAB:
+    # Small vocabulary: token i is in the nucleus iff the tokens strictly more likely than it
+    # hold < top_p of the mass (the sort-based rule, ties kept), all pairs at once.
+    probs = jnp.exp(logp)
+    above = jnp.where(probs[:, None, :] > probs[:, :, None], probs[:, None, :], 0.0).sum(-1)
+    return _draw(jnp.where(above < top_p, probs, 0.0), rng)
   vals, idx = jax.lax.top_k(scaled, top_k or min(_NUCLEUS_CANDIDATES, v))   # sorted, desc
   # Candidate probabilities: renormalised over the top-k set, else under the full law.
   probs = jax.nn.softmax(vals, axis=-1) if top_k else jnp.exp(jnp.take_along_axis(logp, idx, -1))
