@@ -2,6 +2,7 @@
 import os
 import pathlib
 import sys
+import tempfile
 
 # Must be set before jax initialises its backends; sharding tests need 8 devices.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -15,7 +16,8 @@ if str(REPO) not in sys.path:
 # Trainer tests rebuild the same jitted programs many times: a persistent compilation cache
 # turns the repeats into disk hits.
 import jax  # noqa: E402  (after XLA_FLAGS)
-jax.config.update('jax_compilation_cache_dir',
-                  os.environ.get('CEEH_JAX_TEST_CACHE', '/tmp/ceeh_jax_test_xla_cache'))
+XLA_CACHE = os.environ.get('CEEH_JAX_TEST_CACHE',
+                           os.path.join(tempfile.gettempdir(), 'ceeh_jax_test_xla_cache'))
+jax.config.update('jax_compilation_cache_dir', XLA_CACHE)
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)

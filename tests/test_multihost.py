@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, XLA_CACHE
 from ceeh_jax import distributed as dist_lib
 from ceeh_jax import fingerprint as fingerprint_lib
 from ceeh_jax import metric_writers
@@ -33,8 +33,7 @@ def _launch(log, workdir, devices: int, *flags) -> subprocess.Popen:
   """`python -m ceeh_jax.main` on the shrunk tiny config, stdout and stderr to `log`."""
   env = {k: v for k, v in os.environ.items() if not k.startswith('CEEH_')}
   env.update(JAX_PLATFORMS='cpu', XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-             PYTHONPATH=str(REPO), JAX_COMPILATION_CACHE_DIR=os.environ.get(
-                 'CEEH_JAX_TEST_CACHE', '/tmp/ceeh_jax_test_xla_cache'))
+             PYTHONPATH=str(REPO), JAX_COMPILATION_CACHE_DIR=XLA_CACHE)
   cmd = [sys.executable, '-m', 'ceeh_jax.main', f'--workdir={workdir}', *flags]
   cmd += [f'--config.{k}={v}' for k, v in OVERRIDES.items()]
   with open(log, 'w') as out:

@@ -1,6 +1,6 @@
 r"""End-to-end RL step: our jitted pieces vs TRL's GRPOTrainer, and the tiny step's breakdown.
 
-  python experiments/bench/bench_rl_step.py                     # both parts (TRL from /tmp/trl_venv)
+  python experiments/bench/bench_rl_step.py                     # both parts (TRL from .venv-trl)
   python experiments/bench/bench_rl_step.py --trl_python=''     # skip TRL (reuses its last JSON)
 
 Part 1, vs TRL (same shipped base policy `ceeh_jax/synthetic/base_policy`, same 8 prompts):
@@ -226,7 +226,7 @@ def part_tiny(args):
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument('--steps', type=int, default=3, help='measured steps after 1 warm-up')
-  ap.add_argument('--trl_python', default='/tmp/trl_venv/bin/python')
+  ap.add_argument('--trl_python', default=os.path.join(REPO, '.venv-trl', 'bin', 'python'))
   ap.add_argument('--parts', default='trl,tiny')
   ap.add_argument('--out', default=os.path.join(RESULTS, 'rl_step.json'))
   args = ap.parse_args()

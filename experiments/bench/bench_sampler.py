@@ -248,7 +248,7 @@ def part_compare(args, size):
       res['tunix'] = run_worker(args.tunix_python, 'tunix_worker.py', model_dir, spec, timeout)
     else:
       res['tunix'] = {'error': f'no Tunix venv at {args.tunix_python} (python -m venv '
-                               '/tmp/tunix_venv && /tmp/tunix_venv/bin/pip install '
+                               '.venv-tunix && .venv-tunix/bin/pip install '
                                'google-tunix==0.1.7)'}
     print(f'  Tunix: {_summary(res["tunix"])} ({time.perf_counter() - t0:.0f} s)')
   ours_greedy = res['ours']['greedy/float32']['head_tokens']
@@ -510,9 +510,9 @@ def main():
   ap.add_argument('--sizes', default=None, help='compare sizes: tiny,0p5b (quick: tiny)')
   ap.add_argument('--big_new_tokens', type=int, default=32, help='M at the 0.5B shape')
   ap.add_argument('--decode_chunk', type=int, default=128, help='as default_config')
-  ap.add_argument('--tunix_python', default='/tmp/tunix_venv/bin/python', help="'' skips Tunix")
+  ap.add_argument('--tunix_python', default=os.path.join(REPO, '.venv-tunix', 'bin', 'python'), help="'' skips Tunix")
   ap.add_argument('--no_hf', dest='hf', action='store_false')
-  ap.add_argument('--workdir', default='/tmp/ceeh_bench_sampler', help='random 0.5B weights')
+  ap.add_argument('--workdir', default=os.path.join(REPO, 'runs', 'bench_sampler'), help='random 0.5B weights')
   ap.add_argument('--out', default=None)
   args = ap.parse_args()
   sizes = (args.sizes or ('tiny' if args.quick else 'tiny,0p5b')).split(',')

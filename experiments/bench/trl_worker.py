@@ -2,7 +2,7 @@ r"""TRL's GRPOTrainer (PyTorch, CPU) on the same tiny model and prompts: the RL-
 
 Run by `bench_rl_step.py` with a separate venv's python (torch CPU + trl; never this repo's
 environment):
-  /tmp/trl_venv/bin/python experiments/bench/trl_worker.py --model_dir=DIR --prompts=P.json \
+  .venv-trl/bin/python experiments/bench/trl_worker.py --model_dir=DIR --prompts=P.json \
       --out=OUT.json
 
 One GRPO step = 8 prompts x 8 completions of exactly 128 new tokens (min_new_tokens forces the
@@ -14,6 +14,8 @@ Prints nothing but a JSON line; writes the per-step wall times and generation ti
 """
 import argparse
 import json
+import os
+import tempfile
 import time
 
 import datasets
@@ -32,7 +34,7 @@ def main():
   ap.add_argument('--new_tokens', type=int, default=128)
   ap.add_argument('--temperature', type=float, default=0.6)
   ap.add_argument('--threads', type=int, default=2)
-  ap.add_argument('--workdir', default='/tmp/trl_bench_out')
+  ap.add_argument('--workdir', default=os.path.join(tempfile.gettempdir(), 'trl_bench_out'))
   args = ap.parse_args()
   torch.set_num_threads(args.threads)
   torch.manual_seed(0)

@@ -2,8 +2,8 @@ r"""Google Tunix's `Sampler` (JAX, CPU) on the same HF weights and prompts: the 
 
 Run by `bench_sampler.py` with a separate venv's python (tunix pins its own jax/flax; never
 this repo's environment):
-  python -m venv /tmp/tunix_venv && /tmp/tunix_venv/bin/pip install google-tunix==0.1.7
-  /tmp/tunix_venv/bin/python experiments/bench/tunix_worker.py --model_dir=DIR --spec=S.json \
+  python -m venv .venv-tunix && .venv-tunix/bin/pip install google-tunix==0.1.7
+  .venv-tunix/bin/python experiments/bench/tunix_worker.py --model_dir=DIR --spec=S.json \
       --out=OUT.json
 
 The spec (JSON) gives the token-id prompts, G, M, the prompt bucket P and the cases to time
