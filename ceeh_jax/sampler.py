@@ -150,28 +150,27 @@ def _draw(weights, rng):
   r, n = weights.shape
   u = jax.random.uniform(rng, (r,))
   if n <= 4096:
-    return _inverse_cdf(weights, u)
+    return _inverse_cdf(weights, u)[0]
   width = _draw_block(n)
   nb = -(-n // width)
   if nb * width > n:
     weights = jnp.pad(weights, ((0, 0), (0, nb * width - n)))
   blocks = weights.reshape(r, nb, width)
-  mass = blocks.sum(-1)                                                      # [R, nb]
-  cum = jnp.cumsum(mass, axis=-1)
-  target = jnp.minimum(u * cum[:, -1], jnp.nextafter(cum[:, -1], 0.0))
-  j = jnp.sum(cum <= target[:, None], axis=-1)                                # mass[j] > 0
-  inside = jnp.take_along_axis(blocks, j[:, None, None], 1)[:, 0]              # [R, block]
-  before = jnp.take_along_axis(cum - mass, j[:, None], 1)[:, 0]
-  frac = (target - before) / jnp.take_along_axis(mass, j[:, None], 1)[:, 0]    # in [0, 1)
-  return (j * width + _inverse_cdf(inside, jnp.clip(frac, 0.0, 1.0))).astype(jnp.int32)
+  j, frac = _inverse_cdf(blocks.sum(-1), u)                   # the block, then where in it
+  inside = jnp.take_along_axis(blocks, j[:, None, None], 1)[:, 0]              # [R, width]
+  return j * width + _inverse_cdf(inside, frac)[0]
 
 
 def _inverse_cdf(weights, u):
-  """Index i with cum[i-1] <= u·total < cum[i] (u f32[R] in [0, 1]); never a zero weight."""
+  """(i, f): i with cum[i-1] <= u·total < cum[i] for u f32[R] in [0, 1] (never a zero weight),
+  and f in [0, 1) how far into weight i that point lies (uniform given i: a second level)."""
   cum = jnp.cumsum(weights, axis=-1)
   total = cum[:, -1]
   target = jnp.minimum(u * total, jnp.nextafter(total, 0.0))
-  return jnp.sum(cum <= target[:, None], axis=-1).astype(jnp.int32)
+  i = jnp.sum(cum <= target[:, None], axis=-1).astype(jnp.int32)
+  pick = lambda x: jnp.take_along_axis(x, i[:, None], -1)[:, 0]
+  frac = (target - (pick(cum) - pick(weights))) / pick(weights)
+  return i, jnp.clip(frac, 0.0, 1.0)
 
 
 def _sample(scaled, logp, rng, *, top_k: int, top_p):

@@ -176,6 +176,30 @@ def test_nucleus_threshold_equals_sort(scale):
       assert exact[row] == pytest.approx(want, rel=1e-6)
 
 
+def test_two_level_draw_law():
+  """V = 6000 (> 4096): block by mass, then a token inside it. Zero weights (a whole block and
+  scattered entries) are never drawn; the frequencies match the weights (chi-square, 10 bins)."""
+  v, n = 6000, 40_000
+  w = np.asarray(jax.random.uniform(jax.random.key(4), (v,))) ** 3
+  w[::7] = 0.0
+  w[1200:1400] = 0.0
+  assert v % sampler_lib._draw_block(v) == 0 and sampler_lib._draw_block(v) < 1200
+  tokens = np.asarray(jax.jit(sampler_lib._draw)(jnp.broadcast_to(jnp.asarray(w, jnp.float32),
+                                                                  (n, v)), jax.random.key(5)))
+  counts = np.bincount(tokens, minlength=v)
+  assert counts.size == v and counts[w == 0].sum() == 0
+  expected = w / w.sum()
+  bins = np.minimum(np.cumsum(expected) * 10 // 1, 9).astype(int)
+  obs = np.bincount(bins, weights=counts, minlength=10)
+  exp = np.bincount(bins, weights=expected, minlength=10) * n
+  chi2 = float(((obs - exp) ** 2 / exp).sum())
+  assert chi2 < CHI2_CRIT_1E3[9], (chi2, obs, exp)
+  # Inside the blocks: each of the 50 heaviest tokens within 5 sigma of its expected count.
+  top = np.argsort(-w)[:50]
+  e = expected[top] * n
+  assert np.all(np.abs(counts[top] - e) < 5 * np.sqrt(e)), np.c_[counts[top], e]
+
+
 @pytest.mark.parametrize('scale', [0.05, 3.0])  # nucleus wider than the candidates (fallback) / not
 def test_top_p_law_on_a_large_vocabulary(scale):
   """V = 1000: a flat law's 0.9-nucleus spans > 256 tokens (exact full-vocab path), a peaked
