@@ -120,10 +120,12 @@ def plan(config, devices, *, what=('train', 'decode'), prompt_len=1024, decode_r
     out['train']['compile_s'] = time.time() - t0
   if 'decode' in what:
     t0 = time.time()
-    sample_cfg = model_cfg.replace(dtype=m.sample_dtype)
+    # The sampler's view: sample dtype, layers unrolled (`sampler.sampling_params`).
+    sample_cfg = model_cfg.replace(dtype=m.sample_dtype, scan_layers=False)
     sdt = jnp.dtype(m.sample_dtype)
     sparams = jax.tree.map(lambda x: sds(x.shape, sdt if jnp.issubdtype(x.dtype, jnp.floating)
-                                         else x.dtype), abstract_params)
+                                         else x.dtype), sharding_lib.abstract_params(sample_cfg))
+    sample_param_sh = sharding_lib.param_shardings(sample_cfg, mesh, rules)
     g = config.sampling.num_samples
     rows = decode_rows or config.batch_size * g
     b = max(1, rows // g)
@@ -144,7 +146,7 @@ def plan(config, devices, *, what=('train', 'decode'), prompt_len=1024, decode_r
     del tok_sh
     dec = jax.jit(functools.partial(sampler_lib._decode, model_cfg=sample_cfg, cfg=cfg,  # pylint: disable=protected-access
                                     mesh=mesh, rules=rules),
-                  in_shardings=(param_sh, state_sh, repl, repl), donate_argnums=(1,))
+                  in_shardings=(sample_param_sh, state_sh, repl, repl), donate_argnums=(1,))
     compiled = dec.lower(sparams, state, sds((), jnp.float32), sds((), jnp.float32)).compile()
     out['decode'] = _stats(compiled)
     out['decode']['compile_s'] = time.time() - t0

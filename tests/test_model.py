@@ -95,17 +95,23 @@ def test_logits_match_hf_left_padded(tied, tmp_path):
   np.testing.assert_allclose(ours[1, -2:], alone[0], atol=1e-5)
 
 
-def test_prefill_then_decode_equals_full_forward():
+@pytest.mark.parametrize('scan_layers', [True, False])
+def test_prefill_then_decode_equals_full_forward(scan_layers):
+  """Against the scanned full forward; scan_layers=False runs the unrolled layers the sampler
+  uses, on the same weights unstacked."""
   config = TINY.replace(decode_chunk=8)
   params = _random_params(config)
-  model = qwen2_lib.Qwen2(config)
+  full_params = params
+  if not scan_layers:
+    params = qwen2_lib.unstack_layers(params)
+  model = qwen2_lib.Qwen2(config.replace(scan_layers=scan_layers))
   prompts, steps = PROMPTS[:3], 18
   p_toks, p_mask = _left_pad(prompts)                                   # P = 11
   b, p = p_toks.shape
   cont = np.random.default_rng(1).integers(0, config.vocab_size, (b, steps)).astype(np.int32)
   seq = np.concatenate([p_toks, cont], 1)                               # 29 tokens
   seq_mask = np.concatenate([p_mask, np.ones((b, steps), bool)], 1)
-  full = np.asarray(_forward(config)(params, seq, seq_mask))
+  full = np.asarray(_forward(config)(full_params, seq, seq_mask))
   pos = np.asarray(qwen2_lib.positions_from_mask(jnp.asarray(seq_mask)))
 
   cache = qwen2_lib.init_cache(config, b, 40)                           # 5 chunks of 8
@@ -122,6 +128,25 @@ def test_prefill_then_decode_equals_full_forward():
     out.append(np.asarray(logits))
   out = np.concatenate(out, 1)
   np.testing.assert_allclose(out[seq_mask], full[seq_mask], atol=2e-5)
+
+
+def test_unrolled_layers_tree_and_round_trip():
+  """scan_layers=False initialises exactly the unstacked tree (LoRA included), and
+  stack(unstack(p)) == p."""
+  config = TINY.replace(lora_rank=2)
+  stacked = sharding_lib.abstract_params(config)
+  unrolled = sharding_lib.abstract_params(config.replace(scan_layers=False))
+  assert sorted(unrolled) == sorted(['embedding', 'final_norm', 'lm_head', 'layer_0', 'layer_1',
+                                     'layer_2'])
+  want = jax.eval_shape(qwen2_lib.unstack_layers, stacked)
+  assert jax.tree.structure(unrolled) == jax.tree.structure(want)
+  assert jax.tree.leaves(jax.tree.map(lambda a, b: a.shape == b.shape, unrolled, want)) == \
+      [True] * len(jax.tree.leaves(want))
+  params = _random_params(config)
+  back = qwen2_lib.stack_layers(qwen2_lib.unstack_layers(params))
+  jax.tree.map(np.testing.assert_array_equal, back, params)
+  assert qwen2_lib.is_scanned(params) and not qwen2_lib.is_scanned(
+      qwen2_lib.unstack_layers(params))
 
 
 def test_lora_init_and_lora_off_are_the_base_model():

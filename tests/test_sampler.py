@@ -71,6 +71,22 @@ def test_cached_logps_equal_full_forward(tiny, temperature, top_p):
   np.testing.assert_allclose(np.asarray(rollout.logps), ref, atol=2e-5)
 
 
+def test_sampling_view_is_unrolled_and_samples_the_same(tiny):
+  """generate on the stacked params (unstacked inside) == on `sampling_params`' view; the
+  bf16 view is bf16 and unrolled."""
+  cfg, params = tiny
+  sc = sampler_lib.SampleConfig(max_new_tokens=20, temperature=0.9, num_samples=2, pad_id=0)
+  view = sampler_lib.sampling_params(params, jnp.float32)
+  assert not qwen2_lib.is_scanned(view) and 'layer_2' in view
+  a = sampler_lib.generate(params, PROMPTS, jax.random.key(3), model_cfg=cfg, cfg=sc)
+  b = sampler_lib.generate(view, PROMPTS, jax.random.key(3), model_cfg=cfg, cfg=sc)
+  np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+  np.testing.assert_array_equal(np.asarray(a.logps), np.asarray(b.logps))
+  low = sampler_lib.sampling_params(params)
+  assert {x.dtype for x in jax.tree.leaves(low)} == {jnp.dtype(jnp.bfloat16)}
+  assert jax.tree.structure(low) == jax.tree.structure(view)
+
+
 def test_eos_kept_in_completion_and_mask(tiny):
   cfg, params = tiny
   greedy = sampler_lib.SampleConfig(max_new_tokens=12, temperature=0.0, pad_id=0)

@@ -30,6 +30,11 @@ class QwenConfig:
   param_dtype: str = 'float32'
   remat_policy: str = 'none'      # one of _REMAT_POLICIES
   decode_chunk: int = 128         # cache chunk the decode attention walks (live part only)
+  # True: one nn.scan over the layers, params stacked under 'layers' (training: one layer's
+  # program, compiled once). False: one module per layer ('layer_0', ...; see
+  # `qwen2.unstack_layers`): the sampler decodes this way, since a scanned step slices every
+  # weight out of the stack, which XLA:CPU (and GPU without dynamic-slice fusion) copies.
+  scan_layers: bool = True
   # LoRA: rank 0 disables adapters; targets name projections ('q','k','v','o','gate','up','down').
   lora_rank: int = 0
   lora_alpha: float = 32.0

@@ -16,6 +16,8 @@ Param tree (layers stacked on a leading L axis by `nn.scan`; `hf_io.py` maps it 
   final_norm/scale          [D]
   lm_head                   [D, V]       (absent when embeddings are tied)
   .../lora_a [L, in, R], .../lora_b [L, R, out]  (only with lora_rank > 0)
+With `scan_layers=False` each layer has its own subtree `layer_{i}` (the same names, no L
+axis); `unstack_layers` / `stack_layers` convert.
 
 Three attention modes, picked statically:
   * no cache: causal self-attention over the T tokens (training, scoring);
@@ -414,15 +416,29 @@ class Qwen2(nn.Module):
     if cfg.remat_policy != 'none':
       block = nn.remat(Block, policy=_REMAT[cfg.remat_policy], prevent_cse=False)
     decode = mode == 'decode'
-    layers = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True},
-                     in_axes=(nn.broadcast if decode else 0,) + (nn.broadcast,) * 4,
-                     length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
-    layers = layers(cfg, mode, lora_on, return_mu, name='layers')
-    if decode:
-      (x, new_cache, _), (_, mu) = layers((x, cache, jnp.zeros((), jnp.int32)), None, sin, cos,
-                                          key_mask, cache_end)
-    else:
-      x, (new_cache, mu) = layers(x, cache, sin, cos, key_mask, cache_end)
+    if cfg.scan_layers:
+      layers = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True},
+                       in_axes=(nn.broadcast if decode else 0,) + (nn.broadcast,) * 4,
+                       length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
+      layers = layers(cfg, mode, lora_on, return_mu, name='layers')
+      if decode:
+        (x, new_cache, _), (_, mu) = layers((x, cache, jnp.zeros((), jnp.int32)), None, sin,
+                                            cos, key_mask, cache_end)
+      else:
+        x, (new_cache, mu) = layers(x, cache, sin, cos, key_mask, cache_end)
+        mu = None if mu is None else mu[-1]
+    else:  # the same blocks unrolled, each with its own weights
+      carry, per_layer = ((x, cache, 0) if decode else x), []
+      for i in range(cfg.num_layers):
+        layer_cache = None if decode or cache is None else jax.tree.map(lambda c: c[i], cache)
+        carry, (layer_cache, mu) = block(cfg, mode, lora_on, return_mu, name=f'layer_{i}')(
+            carry, layer_cache, sin, cos, key_mask, cache_end)
+        per_layer.append(layer_cache)
+      if decode:
+        x, new_cache, _ = carry
+      else:
+        x, new_cache = carry, None if cache is None else jax.tree.map(
+            lambda *c: jnp.stack(c), *per_layer)
     if last_only:
       x = x[:, -1:]
     x = RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name='final_norm')(x)
@@ -438,7 +454,7 @@ class Qwen2(nn.Module):
       out = jnp.einsum('BTD,DV->BTV', x, head.astype(cfg.dtype),
                        preferred_element_type=jnp.float32)
     if return_mu:
-      return out, new_cache, mu[-1]
+      return out, new_cache, mu
     return out, new_cache
 
 
@@ -447,6 +463,32 @@ def unembedding(params, config: QwenConfig):
   if config.tie_embeddings:
     return params['embedding'].T
   return params['lm_head']
+
+
+def is_scanned(params) -> bool:
+  """True for the stacked param tree ({'layers': [L, ...]}), False for the unrolled one."""
+  return 'layers' in params
+
+
+def unstack_layers(params):
+  """Stacked params {'layers': [L, ...]} -> unrolled {'layer_0': ..., 'layer_{L-1}': ...}.
+
+  For `QwenConfig.scan_layers=False`; the other entries are shared, the layer slices are new
+  arrays (under jit: one copy of the layer weights).
+  """
+  layers = params['layers']
+  n = jax.tree.leaves(layers)[0].shape[0]
+  out = {k: v for k, v in params.items() if k != 'layers'}
+  out.update({f'layer_{i}': jax.tree.map(lambda x, i=i: x[i], layers) for i in range(n)})
+  return out
+
+
+def stack_layers(params):
+  """Inverse of `unstack_layers`."""
+  n = sum(k.startswith('layer_') for k in params)
+  out = {k: v for k, v in params.items() if not k.startswith('layer_')}
+  out['layers'] = jax.tree.map(lambda *x: jnp.stack(x), *[params[f'layer_{i}'] for i in range(n)])
+  return out
 
 
 def init_cache(config: QwenConfig, batch: int, length: int, dtype=None) -> Cache:
