@@ -17,7 +17,12 @@ Hard/easy comes from the checkpoint's difficulty state (acc_h <= mean acc_h, for
 the training set; unseen ones count as hard, as in `difficulty`) or from rows' `meta.hard`.
 
 Writes into workdir: results.json, samples.jsonl, results.md and acc_vs_len.png.
+
+Multi-host: every process runs the same evaluation (same batches, seeds and collectives, in
+the same order); rollouts come back to each host with `sharding_lib.to_host`, every process
+grades and then takes process 0's grades, and only process 0 writes the files.
 """
+import contextlib
 import json
 import math
 import os
@@ -29,6 +34,7 @@ import numpy as np
 import tqdm
 
 from ceeh_jax import data as data_lib
+from ceeh_jax import distributed as dist_lib
 from ceeh_jax import grading as grading_lib
 from ceeh_jax import hf_io
 from ceeh_jax import metrics as metrics_lib
@@ -109,8 +115,8 @@ def load_model(config, mesh, rules):
       params = hf_io.merged_lora(params, model_cfg)
     model_cfg = model_cfg.replace(lora_rank=0)
     shardings = sharding_lib.param_shardings(model_cfg, mesh, rules)
-    try:
-      params = jax.tree.map(lambda x, s: jax.device_put(jnp.asarray(x), s), params, shardings)
+    try:  # every process has the whole checkpoint on the host and puts only its own shards
+      params = jax.tree.map(sharding_lib.put_global, params, shardings)
     except ValueError as e:
       raise EvalError(f'the checkpoint in {ckpt_dir} does not match config.model '
                       f'({model_cfg}): {e}') from None
@@ -202,8 +208,24 @@ def load_base(path: str) -> dict:
     return json.load(f).get('benchmarks', {})
 
 
+def agreed_grades(grades: list) -> list:
+  """Process 0's grades on every process (a grading timeout can differ between hosts).
+
+  Extraction is a pure function of the text, which every process has whole; only the
+  bounded verification (correct, status) can differ.
+  """
+  correct, status = dist_lib.agree((np.array([gr.correct for gr in grades], bool),
+                                    np.array([grading_lib.STATUSES.index(gr.status)
+                                              for gr in grades], np.int32)))
+  return [gr._replace(correct=bool(c), status=grading_lib.STATUSES[s])
+          for gr, c, s in zip(grades, correct, status)]
+
+
 def run(config, workdir: str) -> dict:
-  """Evaluates the configured model on `config.eval.benchmarks`; returns the results dict."""
+  """Evaluates the configured model on `config.eval.benchmarks`; returns the results dict.
+
+  Multi-host: call it on every process; each returns the same results, process 0 writes.
+  """
   if 'eval' not in config:
     raise EvalError('the config has no `eval` section (see configs/eval_tiny.py)')
   ev = config.eval
@@ -211,6 +233,7 @@ def run(config, workdir: str) -> dict:
   if not benchmarks:
     raise EvalError('config.eval.benchmarks is empty')
   os.makedirs(workdir, exist_ok=True)
+  main = dist_lib.is_main()  # the one process that writes samples, results and plots
   base = load_base(ev.get('base_results', ''))
   rules = sharding_lib.rules_from_config(config.mesh.rules)
   mesh = sharding_lib.make_mesh(config.mesh.shape)
@@ -236,14 +259,15 @@ def run(config, workdir: str) -> dict:
                    overflow=config.data.prompt_overflow)
   plan = [(src, name, exs, num_samples_for(ev.num_samples, src)) for src, name, exs in loaded]
   total = sum(math.ceil(len(exs) / bsz) for _, _, exs, _ in plan)
-  bar = tqdm.tqdm(total=total, desc='eval', disable=not config.get('progress', True),
-                  dynamic_ncols=True)
+  bar = tqdm.tqdm(total=total, desc='eval', dynamic_ncols=True,
+                  disable=not (config.get('progress', True) and main))
   results = {'model': info, 'settings': {'temperature': temperature, 'top_p': top_p,
                                          'max_new_tokens': max_new, 'batch_size': bsz,
                                          'seed': config.seed}, 'benchmarks': {}}
   t_start = time.perf_counter()
+  samples_tmp = os.path.join(workdir, 'samples.jsonl.tmp')
   try:
-    with open(os.path.join(workdir, 'samples.jsonl.tmp'), 'w') as out:
+    with (open(samples_tmp, 'w') if main else contextlib.nullcontext()) as out:
       for b_idx, (src, name, exs, k) in enumerate(plan):
         prompts, _ = rollouts_lib.encode_prompts(tokenizer, exs, source=src, **encode_kw)
         bucket = sampler_lib.bucket_length(max(len(p) for p in prompts))
@@ -263,10 +287,12 @@ def run(config, workdir: str) -> dict:
           ro = sampler_lib.generate(view, batch, rng, model_cfg=sample_cfg, cfg=cfg, mesh=mesh,
                                     rules=rules, bucket=bucket)
           n = len(chunk) * k
-          tokens, lengths, logps, mask, finished = (np.asarray(x)[:n] for x in jax.device_get(
+          # Rows span processes on a multi-host mesh: an all-gather (every process, in order).
+          tokens, lengths, logps, mask, finished = (x[:n] for x in sharding_lib.to_host(
               (ro.tokens, ro.lengths, ro.logps, ro.mask, ro.finished)))
           texts = tokenizer_lib.decode_completions(tokenizer, tokens, lengths)
-          grades = grader.grade_batch(texts, [ex.answer for ex in chunk for _ in range(k)])
+          grades = agreed_grades(
+              grader.grade_batch(texts, [ex.answer for ex in chunk for _ in range(k)]))
           ent = -(logps * mask).sum(1) / np.maximum(mask.sum(1), 1)
           for i, (text, gr) in enumerate(zip(texts, grades)):
             ex = chunk[i // k]
@@ -278,7 +304,8 @@ def run(config, workdir: str) -> dict:
             if hard is not None:
               rec['hard'] = hard[ex.id]
             records.append(rec)
-            out.write(json.dumps(rec, ensure_ascii=False) + '\n')
+            if out is not None:
+              out.write(json.dumps(rec, ensure_ascii=False) + '\n')
           bar.update(1)
           bar.set_postfix_str(f'{name} acc {np.mean([r["correct"] for r in records]):.3f}')
         summary = metrics_lib.summarize(records, hard_mask=hard)
@@ -289,9 +316,11 @@ def run(config, workdir: str) -> dict:
   finally:
     bar.close()
     grader.close()
-  os.replace(os.path.join(workdir, 'samples.jsonl.tmp'), os.path.join(workdir, 'samples.jsonl'))
   results['seconds'] = time.perf_counter() - t_start
   results['base_results'] = ev.get('base_results', '') or None
+  if not main:
+    return results
+  os.replace(samples_tmp, os.path.join(workdir, 'samples.jsonl'))
   with open(os.path.join(workdir, 'results.json'), 'w') as f:
     json.dump(results, f, indent=2)
   table = markdown_table(results)

@@ -34,8 +34,11 @@ MAX_ANSWER_CHARS = 2000
 _THIS_FILE = os.path.abspath(__file__)
 
 
+STATUSES = ('ok', 'timeout', 'error', 'no_box')
+
+
 class Grade(NamedTuple):
-  """One graded response; status is 'ok' | 'timeout' | 'error' | 'no_box'."""
+  """One graded response; status is one of STATUSES."""
   correct: bool
   boxed: bool
   extracted: str | None
