@@ -69,7 +69,11 @@ def generate(model: Model, prompts: Sequence[str], *, num_samples: int = 1,
              max_new_tokens: int = 256, temperature: float = 0.6, top_p: float = 0.95,
              top_k: int = 0, seed: int = 0, chat: bool = True, think_prefix: bool = True,
              instruction: str | None = None) -> Generations:
-  """Samples `num_samples` completions per text prompt (chat-formatted R1 prompts by default)."""
+  """Samples `num_samples` completions per text prompt (chat-formatted R1 prompts by default).
+
+  Multi-host with a mesh over several processes: a collective; every process calls it with
+  the same arguments and gets the same Generations.
+  """
   tok = model.tokenizer
   if tok is None:
     raise ValueError('this model was loaded without a tokenizer; pass tokenizer_dir to load()')
@@ -86,7 +90,9 @@ def generate(model: Model, prompts: Sequence[str], *, num_samples: int = 1,
                                  eos_ids=stops, pad_id=pad)
   ro = sampler_lib.generate(model.params, ids, jax.random.key(seed), model_cfg=model.config,
                             cfg=cfg, mesh=model.mesh, rules=model.rules)
-  tokens, logps, lengths = jax.device_get((ro.tokens, ro.logps, ro.lengths))
+  # On a mesh over several processes the rows span hosts: an all-gather, so every process
+  # must call generate (with the same prompts and seed) and each gets all the rows.
+  tokens, logps, lengths = sharding_lib.to_host((ro.tokens, ro.logps, ro.lengths))
   decoded = tokenizer_lib.decode_completions(tok, tokens, lengths)
   g = num_samples
   rows = lambda seq: [list(seq[i * g:(i + 1) * g]) for i in range(len(prompts))]

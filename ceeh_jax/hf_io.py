@@ -243,7 +243,8 @@ def load_hf(model_dir, *, mesh=None, rules=sharding_lib.DEFAULT_RULES, dtype=Non
 
   Args:
     model_dir: directory with config.json and model.safetensors (or a sharded index).
-    mesh: target mesh; None = a 1-device mesh on the first device.
+    mesh: target mesh; None = a 1-device mesh on this process's first device (multi-host:
+      every process then holds its own whole copy).
     rules: logical-axis rules (see `sharding.DEFAULT_RULES`).
     dtype: param dtype (e.g. 'bfloat16'); None keeps the config's `param_dtype` (float32).
       The returned config's `param_dtype` is set to it.
@@ -266,7 +267,7 @@ def load_hf(model_dir, *, mesh=None, rules=sharding_lib.DEFAULT_RULES, dtype=Non
   ckpt.check(expected)
 
   if mesh is None:
-    mesh = sharding_lib.make_mesh((1, 1, 1), jax.devices()[:1])
+    mesh = sharding_lib.make_mesh((1, 1, 1), jax.local_devices()[:1])
   shardings = traverse_util.flatten_dict(sharding_lib.param_shardings(config, mesh, rules))
   np_dtype = np.dtype(jnp.dtype(config.param_dtype))
   params = {path: _load_param(ckpt, m, config.num_layers, shardings[path], np_dtype)
