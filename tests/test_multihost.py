@@ -1,4 +1,5 @@
-"""Multi-host: 2 CPU processes (jax.distributed, gloo collectives) train to the same state as 1.
+"""Multi-host: 2 CPU processes (jax.distributed, gloo collectives) train to the same state as 1,
+and evaluate (the eval job, `api.generate`) to the same outputs.
 
 Both runs have the same global mesh, data=2: one process with 2 fake CPU devices, or two
 processes (localhost coordinator) with one each, so the batch rows, the sampler's and the train
@@ -6,7 +7,9 @@ step's shards and the checkpoint are split across processes in the second. Two s
 tiny config (shrunk: 2 prompts x 4 samples, 128 new tokens, no eval); the second step has
 non-zero advantages, so the update is real. The checkpointed states must be bitwise equal: the
 per-device programs are the same and an all-reduce over 2 operands is exact either way.
+The evaluation runs compare the same way (their rollouts are the same per-device programs).
 """
+import json
 import os
 import signal
 import socket
@@ -14,13 +17,18 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
 from conftest import REPO, XLA_CACHE
+from ceeh_jax import checkpointing as ckpt_lib
 from ceeh_jax import distributed as dist_lib
 from ceeh_jax import fingerprint as fingerprint_lib
+from ceeh_jax import hf_io
 from ceeh_jax import metric_writers
+from ceeh_jax.synthetic import paths as synthetic
+from ceeh_jax.synthetic import task
 
 TIMEOUT_S = 240
 OVERRIDES = dict(total_steps=2, batch_size=2, minibatch_size=8, micro_batch_size=8,
@@ -29,13 +37,19 @@ OVERRIDES = dict(total_steps=2, batch_size=2, minibatch_size=8, micro_batch_size
                      'data.eval_size': 0, 'grading.num_workers': 0, 'mesh.shape': '(2,1,1)'})
 
 
-def _launch(log, workdir, devices: int, *flags) -> subprocess.Popen:
-  """`python -m ceeh_jax.main` on the shrunk tiny config, stdout and stderr to `log`."""
+def _launch(log, workdir, devices: int, *flags, overrides=OVERRIDES) -> subprocess.Popen:
+  """`python -m ceeh_jax.main` on the shrunk tiny config (or `overrides` of a `--config`
+  among `flags`), stdout and stderr to `log`."""
+  cmd = [sys.executable, '-m', 'ceeh_jax.main', f'--workdir={workdir}', *flags]
+  cmd += [f'--config.{k}={v}' for k, v in overrides.items()]
+  return _spawn(log, devices, cmd)
+
+
+def _spawn(log, devices: int, cmd) -> subprocess.Popen:
+  """`cmd` on `devices` fake CPU devices, stdout and stderr to `log`."""
   env = {k: v for k, v in os.environ.items() if not k.startswith('CEEH_')}
   env.update(JAX_PLATFORMS='cpu', XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
              PYTHONPATH=str(REPO), JAX_COMPILATION_CACHE_DIR=XLA_CACHE)
-  cmd = [sys.executable, '-m', 'ceeh_jax.main', f'--workdir={workdir}', *flags]
-  cmd += [f'--config.{k}={v}' for k, v in OVERRIDES.items()]
   with open(log, 'w') as out:
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)  # own group: killpg reaches its children
@@ -94,6 +108,93 @@ def test_two_processes_train_like_one(tmp_path):
   assert strip(logged) == strip(metric_writers.read_metrics(str(one)))
   assert [r['step'] for r in logged] == [1, 2]
   assert logged[-1]['grad_norm'] > 0.01, 'the compared update must be non-trivial'
+
+
+# The eval job (configs/eval_tiny.py: the shipped base policy, here read from a training
+# checkpoint with a difficulty state) on 6 synthetic problems x 2 samples in batches of 4
+# prompts: two sampler calls (the second padded), 8 rows each, split over the 2 processes.
+EVAL_OVERRIDES = {'eval.num_samples': 2, 'eval.max_new_tokens': 64, 'eval.batch_size': 4,
+                  'grading.num_workers': 0, 'progress': False, 'mesh.shape': '(2,1,1)'}
+
+# api.load + api.generate on a (2, 1, 1) mesh, and without a mesh (each process on its own
+# device); argv: output JSON, then for 2 processes the coordinator address, the number of
+# processes and this process's id.
+API_SCRIPT = """
+import json, sys
+from ceeh_jax import distributed
+distributed.initialize(*sys.argv[2:])
+import ceeh_jax.api as cj
+from ceeh_jax import sharding
+from ceeh_jax.synthetic import paths
+out = {}
+for name, mesh in (('mesh', sharding.make_mesh((2, 1, 1))), ('no_mesh', None)):
+  model = cj.load(paths.BASE_POLICY, mesh=mesh)
+  out[name] = vars(cj.generate(model, ['a=8 b=a-5 find b', 'a=3 b=a+a c=b-1 find c'],
+                               num_samples=2, max_new_tokens=48, temperature=1.0, seed=3,
+                               instruction=''))
+with open(sys.argv[1], 'w') as f:  # numpy scalars and arrays as numbers and lists
+  json.dump(out, f, default=lambda a: a.tolist())
+"""
+
+
+def test_two_processes_evaluate_like_one(tmp_path):
+  rows = task.make_dataset(6, seed=5)
+  assert {r['meta']['hard'] for r in rows} == {False, True}
+  bench = task.write_jsonl(rows, str(tmp_path / 'bench.jsonl'))
+  # A "training run" on these 6 problems: the base policy's params and a difficulty state
+  # (acc_h <= 0.5, the mean, is hard).
+  _, params = hf_io.load_hf(synthetic.BASE_POLICY)
+  ckpt = ckpt_lib.Checkpointer(str(tmp_path / 'train'))
+  acc_h = np.array([0.9, 0.1, 0.8, 0.2, 0.0, 1.0], np.float32)
+  ckpt.save(3, {'params': jax.device_get(params), 'difficulty': {'acc_h': acc_h},
+                'step': np.int32(3)}, {})
+  ckpt.close()
+  overrides = {**EVAL_OVERRIDES, 'eval.benchmarks': f"('{bench}',)", 'data.train': bench,
+               'eval.checkpoint_workdir': tmp_path / 'train'}
+  config = f'--config={REPO / "configs" / "eval_tiny.py"}'
+  # Process 1 gets a workdir of its own: it must leave it empty.
+  one, two, two_p1 = tmp_path / 'one', tmp_path / 'two', tmp_path / 'two_p1'
+  eval_port = _free_port()
+  while (api_port := _free_port()) == eval_port:
+    pass
+  procs = {'eval, single process': _launch(tmp_path / 'one.log', one, 2, config,
+                                           overrides=overrides)}
+  for i, workdir in enumerate((two, two_p1)):
+    procs[f'eval, process {i} of 2'] = _launch(
+        tmp_path / f'two.{i}.log', workdir, 1, config, f'--coordinator_address=localhost:'
+        f'{eval_port}', '--num_processes=2', f'--process_id={i}', overrides=overrides)
+  api_cmd = lambda out, *dist: [sys.executable, '-c', API_SCRIPT, str(out), *dist]
+  procs['api, single process'] = _spawn(tmp_path / 'api_one.log', 2,
+                                        api_cmd(tmp_path / 'api_one.json'))
+  for i in (0, 1):
+    procs[f'api, process {i} of 2'] = _spawn(
+        tmp_path / f'api_two.{i}.log', 1,
+        api_cmd(tmp_path / f'api_two.{i}.json', f'localhost:{api_port}', '2', str(i)))
+  _wait_all(procs)
+
+  files = ['acc_vs_len.png', 'results.json', 'results.md', 'samples.jsonl']
+  assert sorted(os.listdir(one)) == sorted(os.listdir(two)) == files
+  assert [f for _, _, fs in os.walk(two_p1) for f in fs] == [], 'process 1 wrote files'
+  load = lambda d: [json.loads(line) for line in open(d / 'samples.jsonl')]
+  samples = load(two)
+  assert samples == load(one), '2-process samples differ from the 1-process ones'
+  assert len(samples) == 6 * 2
+  correct = [s['correct'] for s in samples]
+  assert any(correct) and not all(correct), 'the compared grades must be non-trivial'
+  results = [json.loads((d / 'results.json').read_text()) for d in (one, two)]
+  for r in results:
+    del r['seconds']
+  assert results[0] == results[1]
+  summary = results[1]['benchmarks']['bench']
+  assert summary['samples_per_problem'] == 2 and summary['hard_source'] == 'difficulty'
+  assert [s['hard'] for s in samples[::2]] == [False, True, False, True, True, False]
+  assert (one / 'results.md').read_text() == (two / 'results.md').read_text()
+
+  api = [json.loads((tmp_path / f).read_text())
+         for f in ('api_one.json', 'api_two.0.json', 'api_two.1.json')]
+  assert api[0] == api[1] == api[2], 'api.generate differs between 1 and 2 processes'
+  for out in api[0].values():
+    assert len(out['texts']) == 2 and all(len(t) == 2 for t in out['texts'])
 
 
 @pytest.fixture
