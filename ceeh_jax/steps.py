@@ -124,12 +124,18 @@ def state_shardings(abstract_state: TrainState, param_shardings, mesh):
 
 def completion_logps(params, model_cfg: QwenConfig, batch: Batch, temperature, *,
                      lora_on: bool = True, chunk_size: int = 128):
-  """(logp, entropy) f32[R, M] of the completion tokens under the temperature-scaled policy."""
+  """(logp, entropy) f32[R, M] of the completion tokens under the temperature-scaled policy.
+
+  With `model_cfg.scan_layers=False` and stacked params, the layers run unrolled over slices
+  of the stack (the same values; the gradients land in the stacked leaves).
+  """
   p = batch.prompt.shape[1]
   tokens = jnp.concatenate([batch.prompt, batch.completion], axis=1)
   key_mask = jnp.concatenate([batch.prompt_mask, batch.mask], axis=1)
   positions = qwen2_lib.positions_from_mask(
       jnp.concatenate([batch.prompt_mask, jnp.ones_like(batch.mask)], axis=1))
+  if not model_cfg.scan_layers and qwen2_lib.is_scanned(params):
+    params = qwen2_lib.unstack_layers(params)  # grads flow back into the stacked leaves
   hidden, _ = qwen2_lib.Qwen2(model_cfg).apply({'params': params}, tokens, positions, key_mask,
                                                return_hidden=True, lora_on=lora_on)
   # Position t predicts token t+1: completion token j is predicted at P-1+j.

@@ -181,14 +181,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # --- Jitted step functions ---------------------------------------------------------------
   under = functools.partial(sharding_lib.traced_under, mesh, rules)
+  # The params stay stacked; scan_layers=False only unrolls the loss's forward over them.
+  fwd_cfg = model_cfg.replace(scan_layers=config.model.get('scan_layers', True))
   rollout_update = jax.jit(
       under(functools.partial(steps_lib.rollout_update, config=config, group_size=g)),
       out_shardings=(state_shardings, None, None, None, None, None), donate_argnums=(0,))
   train_step = jax.jit(
-      under(functools.partial(steps_lib.train_step, config=config, model_cfg=model_cfg,
+      under(functools.partial(steps_lib.train_step, config=config, model_cfg=fwd_cfg,
                               optimizer=optimizer)),
       out_shardings=(state_shardings, None), donate_argnums=(0,))
-  score = jax.jit(under(functools.partial(steps_lib.score, model_cfg=model_cfg,
+  score = jax.jit(under(functools.partial(steps_lib.score, model_cfg=fwd_cfg,
                                           micro_batch=config.micro_batch_size,
                                           chunk_size=config.logp_chunk)),
                   static_argnames=('lora_on',))

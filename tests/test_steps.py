@@ -81,6 +81,31 @@ def test_micro_batching_equals_full_batch(method, agg):
     np.testing.assert_allclose(a, b, atol=1e-5 * scale)
 
 
+@pytest.mark.parametrize('lora', [0, 4])
+def test_unrolled_training_forward_equals_scanned(lora):
+  """model.scan_layers=False: the loss's forward unrolls the layers over the stacked params;
+  the same loss, aux and gradients (in the stacked tree) as the scanned forward."""
+  model_cfg = QwenConfig.tiny(num_layers=2, lora_rank=lora)
+  params = qwen2_lib.init_params(model_cfg, jax.random.key(3))
+  if lora:  # B = 0 at init would leave the LoRA gradients of A at zero
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, x: x + 0.1 if p[-1].key == 'lora_b' else x, params)
+  train, frozen = steps_lib.split_params(params, lora > 0)
+  batch = _batch(3)
+  config = _config(method='ceeh_me', **{'ceeh.entropy_coef': 0.05})
+  outs = [jax.jit(lambda t, c=c: steps_lib.minibatch_loss(
+      t, frozen, batch, 0.8, jnp.int32(1), config=config, model_cfg=c))(train)
+          for c in (model_cfg, model_cfg.replace(scan_layers=False))]
+  (l0, a0, g0), (l1, a1, g1) = outs
+  assert float(l0) == pytest.approx(float(l1), rel=1e-5, abs=1e-7)
+  for k in a0:
+    assert float(a0[k]) == pytest.approx(float(a1[k]), rel=1e-5, abs=1e-6), k
+  assert jax.tree.structure(g0) == jax.tree.structure(g1) == jax.tree.structure(train)
+  scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(g0))
+  for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(a, b, atol=1e-5 * scale)
+
+
 def test_grad_matches_finite_differences():
   model_cfg = QwenConfig.tiny(num_layers=2)
   params = qwen2_lib.init_params(model_cfg, jax.random.key(1))

@@ -81,12 +81,13 @@ class Step:
     self.rollout_update = jax.jit(
         under(functools.partial(steps_lib.rollout_update, config=config, group_size=g)),
         out_shardings=(shardings, None, None, None, None, None), donate_argnums=(0,))
+    fwd_cfg = self.model_cfg.replace(scan_layers=m.get('scan_layers', True))  # as train.py
     self.train_step = jax.jit(
-        under(functools.partial(steps_lib.train_step, config=config, model_cfg=self.model_cfg,
+        under(functools.partial(steps_lib.train_step, config=config, model_cfg=fwd_cfg,
                                 optimizer=opt)), out_shardings=(shardings, None),
         donate_argnums=(0,))
     self.score = jax.jit(under(functools.partial(
-        steps_lib.score, model_cfg=self.model_cfg, micro_batch=config.micro_batch_size,
+        steps_lib.score, model_cfg=fwd_cfg, micro_batch=config.micro_batch_size,
         chunk_size=config.logp_chunk)), static_argnames=('lora_on',))
 
   def encode(self, problems):
