@@ -35,6 +35,7 @@ from ceeh_jax.models.config import QwenConfig
 MIN_BUCKET = 16
 _NUCLEUS_CANDIDATES = 256  # top-p looks here first; the exact full-vocab search is the fallback
 _PAIRWISE_VOCAB = 256      # up to this vocabulary, top-p compares all token pairs (no sort)
+_NUCLEUS_PROPOSALS = 3     # wide nucleus: full-law draws tried before the exact threshold
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +135,25 @@ def _nucleus_threshold_exact(probs, top_p):
   return jax.lax.bitcast_convert_type(lo, jnp.float32)
 
 
+def _nucleus_by_rejection(probs, top_p, rng):
+  """(token int32[R], accepted bool[R]): rejection sampling of the top-p nucleus.
+
+  Up to `_NUCLEUS_PROPOSALS` draws from the full law probs f32[R, V]; the first inside the
+  nucleus (the tokens strictly more likely than it hold < top_p: the sort rule, ties kept) is
+  taken, which is the nucleus law exactly. Each proposal is accepted with probability = the
+  nucleus mass >= top_p, and costs two passes over V instead of the exact search's 31.
+  """
+  token = jnp.zeros(probs.shape[:1], jnp.int32)
+  accepted = jnp.zeros(probs.shape[:1], bool)
+  for i in range(_NUCLEUS_PROPOSALS):
+    x = _draw(probs, jax.random.fold_in(rng, i))
+    p_x = jnp.take_along_axis(probs, x[:, None], -1)
+    inside = jnp.where(probs > p_x, probs, 0.0).sum(-1) < top_p
+    token = jnp.where(accepted, token, x)
+    accepted = accepted | inside
+  return token, accepted
+
+
 def _draw_block(n: int) -> int:
   """Block width of a two-level draw over n entries: a divisor of n near sqrt(n) (no padding
   copy: 151936 = 128 x 1187, 152064 = 256 x 594), else 1024 with the tail zero-padded."""
@@ -181,7 +201,8 @@ def _sample(scaled, logp, rng, *, top_k: int, top_p):
 
   The filters look at the top candidates only: top-k's k, else the `_NUCLEUS_CANDIDATES`
   most likely tokens, whose nucleus is exact whenever they hold top_p of the mass (almost
-  always after RL/SFT); a batch where some row's nucleus is wider falls back to an exact
+  always after RL/SFT); a batch where some row's nucleus is wider falls back to rejection
+  sampling from the full law, and rows that reject every proposal to an exact
   full-vocabulary threshold. Ties at the threshold are kept, as in a sort-based nucleus.
   """
   v = scaled.shape[-1]
@@ -209,8 +230,15 @@ def _sample(scaled, logp, rng, *, top_k: int, top_p):
 
   def full():  # only reachable without top-k: some row's nucleus spans > the candidates
     full_probs = jnp.exp(logp)
-    t = _nucleus_threshold_exact(full_probs, top_p)
-    return _draw(jnp.where(full_probs >= t[:, None], full_probs, 0.0), rng)
+    token, accepted = _nucleus_by_rejection(full_probs, top_p, rng)
+
+    def exact():  # rows that rejected every proposal: the 31-pass exact threshold
+      t = _nucleus_threshold_exact(full_probs, top_p)
+      fresh = _draw(jnp.where(full_probs >= t[:, None], full_probs, 0.0),
+                    jax.random.fold_in(rng, _NUCLEUS_PROPOSALS))
+      return jnp.where(accepted, token, fresh)
+
+    return jax.lax.cond(jnp.all(accepted), lambda: token, exact)
 
   if top_k:
     return fast()

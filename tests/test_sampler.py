@@ -216,11 +216,14 @@ def test_two_level_draw_law():
   assert np.all(np.abs(counts[top] - e) < 5 * np.sqrt(e)), np.c_[counts[top], e]
 
 
-@pytest.mark.parametrize('scale', [0.05, 3.0])  # nucleus wider than the candidates (fallback) / not
-def test_top_p_law_on_a_large_vocabulary(scale):
-  """V = 1000: a flat law's 0.9-nucleus spans > 256 tokens (exact full-vocab path), a peaked
-  one's fits the candidates; both draw only inside the sorted nucleus, at its frequencies."""
-  v, n, top_p = 1000, 40_000, 0.9
+@pytest.mark.parametrize('v,n,scale,top_p', [
+    (1000, 40_000, 0.05, 0.9),  # nucleus wider than the candidates: rejection (accepts ~0.9)
+    (3000, 20_000, 0.05, 0.2),  # ... accepting ~0.2: half the rows reach the exact threshold
+    (1000, 40_000, 3.0, 0.9),   # peaked: the nucleus fits the 256 candidates
+])
+def test_top_p_law_on_a_large_vocabulary(v, n, scale, top_p):
+  """A flat law's nucleus spans > 256 tokens (full-vocabulary paths), a peaked one's fits the
+  candidates; all draw only inside the sorted nucleus, at its frequencies."""
   logits = np.asarray(jax.random.normal(jax.random.key(3), (v,))) * scale
   expected = _exact_truncated(logits, 1.0, 0, top_p)
   assert ((expected > 0).sum() > 256) == (scale < 1)

@@ -355,7 +355,8 @@ def part_select(args):
          'lax.top_k 256': jax.jit(lambda l, k: jax.lax.top_k(l, 256)[0]),
          'log_softmax': jax.jit(lambda l, k: jax.nn.log_softmax(l, -1))}
   # std 0.6 ~ the random 0.5B model's logits (the top-256 candidates never hold 95% of the mass:
-  # the exact fallback runs); std 6 ~ a trained model's peaked next-token distribution.
+  # the full-vocabulary path runs: rejection, rarely the exact threshold); std 6 ~ a trained
+  # model's peaked next-token distribution.
   for name, std in (('flat', 0.6), ('peaked', 6.0)):
     logits = jax.random.normal(jax.random.key(0), (r, v)) * std
     for op, fn in ops.items():
