@@ -33,9 +33,8 @@ from ceeh_jax.models import qwen2 as qwen2_lib
 from ceeh_jax.models.config import QwenConfig
 
 MIN_BUCKET = 16
-_NUCLEUS_CANDIDATES = 256  # top-p looks here first; the exact full-vocab search is the fallback
 _PAIRWISE_VOCAB = 256      # up to this vocabulary, top-p compares all token pairs (no sort)
-_NUCLEUS_PROPOSALS = 3     # wide nucleus: full-law draws tried before the exact threshold
+_NUCLEUS_PROPOSALS = 3     # top-p: full-law draws tried before the exact threshold search
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,23 +134,36 @@ def _nucleus_threshold_exact(probs, top_p):
   return jax.lax.bitcast_convert_type(lo, jnp.float32)
 
 
-def _nucleus_by_rejection(probs, top_p, rng):
-  """(token int32[R], accepted bool[R]): rejection sampling of the top-p nucleus.
+def _nucleus_sample(probs, top_p, rng):
+  """Draws int32[R] from the top-p nucleus of probs f32[R, V], by rejection.
 
-  Up to `_NUCLEUS_PROPOSALS` draws from the full law probs f32[R, V]; the first inside the
-  nucleus (the tokens strictly more likely than it hold < top_p: the sort rule, ties kept) is
-  taken, which is the nucleus law exactly. Each proposal is accepted with probability = the
-  nucleus mass >= top_p, and costs two passes over V instead of the exact search's 31.
+  Proposals come from the full law; the first inside the nucleus (the tokens strictly more
+  likely than it hold < top_p: the sort rule, ties kept) is taken, which is the nucleus law
+  exactly. A proposal is accepted with probability = the nucleus mass >= top_p and costs two
+  passes over V (a draw, a masked sum), no sort and no candidate top-k; the loop stops once
+  every row has accepted. Rows still rejecting after `_NUCLEUS_PROPOSALS` tries (probability
+  <= (1 - top_p)^3 each) take the exact 31-pass threshold.
   """
-  token = jnp.zeros(probs.shape[:1], jnp.int32)
-  accepted = jnp.zeros(probs.shape[:1], bool)
-  for i in range(_NUCLEUS_PROPOSALS):
+  r = probs.shape[0]
+
+  def propose(carry):
+    i, token, accepted = carry
     x = _draw(probs, jax.random.fold_in(rng, i))
     p_x = jnp.take_along_axis(probs, x[:, None], -1)
     inside = jnp.where(probs > p_x, probs, 0.0).sum(-1) < top_p
-    token = jnp.where(accepted, token, x)
-    accepted = accepted | inside
-  return token, accepted
+    return i + 1, jnp.where(accepted, token, x), accepted | inside
+
+  _, token, accepted = jax.lax.while_loop(
+      lambda c: (c[0] < _NUCLEUS_PROPOSALS) & ~jnp.all(c[2]), propose,
+      (jnp.zeros((), jnp.int32), jnp.zeros(r, jnp.int32), jnp.zeros(r, bool)))
+
+  def exact():
+    t = _nucleus_threshold_exact(probs, top_p)
+    fresh = _draw(jnp.where(probs >= t[:, None], probs, 0.0),
+                  jax.random.fold_in(rng, _NUCLEUS_PROPOSALS))
+    return jnp.where(accepted, token, fresh)
+
+  return jax.lax.cond(jnp.all(accepted), lambda: token, exact)
 
 
 def _draw_block(n: int) -> int:
@@ -199,50 +211,28 @@ def _inverse_cdf(weights, u):
 def _sample(scaled, logp, rng, *, top_k: int, top_p):
   """Draws int32[R] from softmax(scaled) [R, V], truncated to top-k then top-p.
 
-  The filters look at the top candidates only: top-k's k, else the `_NUCLEUS_CANDIDATES`
-  most likely tokens, whose nucleus is exact whenever they hold top_p of the mass (almost
-  always after RL/SFT); a batch where some row's nucleus is wider falls back to rejection
-  sampling from the full law, and rows that reject every proposal to an exact
-  full-vocabulary threshold. Ties at the threshold are kept, as in a sort-based nucleus.
+  Top-k keeps the k most likely tokens (renormalised) and applies top-p among them; top-p
+  alone is sampled by rejection from the full law (`_nucleus_sample`), or, for vocabularies up
+  to `_PAIRWISE_VOCAB`, by comparing all token pairs. Ties at the threshold are kept, as in a
+  sort-based nucleus.
   """
   v = scaled.shape[-1]
-  if not top_k and top_p is None:
-    return _draw(jnp.exp(logp), rng)
-  if not top_k and v <= _PAIRWISE_VOCAB:
-    # Small vocabulary: token i is in the nucleus iff the tokens strictly more likely than it
-    # hold < top_p of the mass (the sort-based rule, ties kept), all pairs at once.
+  if not top_k:
     probs = jnp.exp(logp)
+    if top_p is None:
+      return _draw(probs, rng)
+    if v > _PAIRWISE_VOCAB:
+      return _nucleus_sample(probs, top_p, rng)
+    # Token i is in the nucleus iff the tokens strictly more likely than it hold < top_p.
     above = jnp.where(probs[:, None, :] > probs[:, :, None], probs[:, None, :], 0.0).sum(-1)
     return _draw(jnp.where(above < top_p, probs, 0.0), rng)
-  vals, idx = jax.lax.top_k(scaled, top_k or min(_NUCLEUS_CANDIDATES, v))   # sorted, desc
-  # Candidate probabilities: renormalised over the top-k set, else under the full law.
-  probs = jax.nn.softmax(vals, axis=-1) if top_k else jnp.exp(jnp.take_along_axis(logp, idx, -1))
-  if top_p is None:
-    return jnp.take_along_axis(idx, _draw(probs, rng)[:, None], -1)[:, 0]
-  cum = jnp.cumsum(probs, axis=-1)
-  first = jnp.argmax(cum >= top_p, axis=-1)                 # the nucleus's last candidate
-  thresh = jnp.take_along_axis(probs, first[:, None], -1)
-  covered = cum[:, -1] >= top_p
-
-  def fast():
-    pick = _draw(jnp.where(probs >= thresh, probs, 0.0), rng)
-    return jnp.take_along_axis(idx, pick[:, None], -1)[:, 0]
-
-  def full():  # only reachable without top-k: some row's nucleus spans > the candidates
-    full_probs = jnp.exp(logp)
-    token, accepted = _nucleus_by_rejection(full_probs, top_p, rng)
-
-    def exact():  # rows that rejected every proposal: the 31-pass exact threshold
-      t = _nucleus_threshold_exact(full_probs, top_p)
-      fresh = _draw(jnp.where(full_probs >= t[:, None], full_probs, 0.0),
-                    jax.random.fold_in(rng, _NUCLEUS_PROPOSALS))
-      return jnp.where(accepted, token, fresh)
-
-    return jax.lax.cond(jnp.all(accepted), lambda: token, exact)
-
-  if top_k:
-    return fast()
-  return jax.lax.cond(jnp.all(covered), fast, full)
+  vals, idx = jax.lax.top_k(scaled, top_k)                       # sorted, descending
+  probs = jax.nn.softmax(vals, axis=-1)                          # renormalised over the k
+  if top_p is not None:
+    cum = jnp.cumsum(probs, axis=-1)
+    first = jnp.argmax(cum >= top_p, axis=-1)                    # the nucleus's last token
+    probs = jnp.where(probs >= jnp.take_along_axis(probs, first[:, None], -1), probs, 0.0)
+  return jnp.take_along_axis(idx, _draw(probs, rng)[:, None], -1)[:, 0]
 
 
 def select(logits, rng, temperature, *, top_k: int, top_p, greedy: bool):

@@ -217,13 +217,13 @@ def test_two_level_draw_law():
 
 
 @pytest.mark.parametrize('v,n,scale,top_p', [
-    (1000, 40_000, 0.05, 0.9),  # nucleus wider than the candidates: rejection (accepts ~0.9)
-    (3000, 20_000, 0.05, 0.2),  # ... accepting ~0.2: half the rows reach the exact threshold
-    (1000, 40_000, 3.0, 0.9),   # peaked: the nucleus fits the 256 candidates
+    (1000, 40_000, 0.05, 0.9),  # flat, a > 256-token nucleus: proposals accepted ~0.9
+    (3000, 20_000, 0.05, 0.2),  # accepted ~0.2: half the rows reach the exact threshold
+    (1000, 40_000, 3.0, 0.9),   # peaked: a nucleus of a few tokens
 ])
 def test_top_p_law_on_a_large_vocabulary(v, n, scale, top_p):
-  """A flat law's nucleus spans > 256 tokens (full-vocabulary paths), a peaked one's fits the
-  candidates; all draw only inside the sorted nucleus, at its frequencies."""
+  """Top-p by rejection (V > 256): draws only inside the sorted nucleus, at its frequencies,
+  for flat and peaked laws and when the exact fallback is reached."""
   logits = np.asarray(jax.random.normal(jax.random.key(3), (v,))) * scale
   expected = _exact_truncated(logits, 1.0, 0, top_p)
   assert ((expected > 0).sum() > 256) == (scale < 1)
