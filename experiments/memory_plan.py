@@ -120,8 +120,8 @@ def plan(config, devices, *, what=('train', 'decode'), prompt_len=1024, decode_r
     out['train']['compile_s'] = time.time() - t0
   if 'decode' in what:
     t0 = time.time()
-    # The sampler's view: sample dtype, layers unrolled (`sampler.sampling_params`).
-    sample_cfg = model_cfg.replace(dtype=m.sample_dtype, scan_layers=False)
+    # The sampler's view: sample dtype, layers unrolled, an untied head (`sampling_params`).
+    sample_cfg = model_cfg.replace(dtype=m.sample_dtype, scan_layers=False, tie_embeddings=False)
     sdt = jnp.dtype(m.sample_dtype)
     sparams = jax.tree.map(lambda x: sds(x.shape, sdt if jnp.issubdtype(x.dtype, jnp.floating)
                                          else x.dtype), sharding_lib.abstract_params(sample_cfg))

@@ -71,17 +71,26 @@ def test_cached_logps_equal_full_forward(tiny, temperature, top_p):
   np.testing.assert_allclose(np.asarray(rollout.logps), ref, atol=2e-5)
 
 
-def test_sampling_view_is_unrolled_and_samples_the_same(tiny):
-  """generate on the stacked params (unstacked inside) == on `sampling_params`' view; the
-  bf16 view is bf16 and unrolled."""
+@pytest.mark.parametrize('tied', [False, True])
+def test_sampling_view_is_unrolled_and_samples_the_same(tiny, tied):
+  """generate on the stacked params (converted inside) == on `sampling_params`' view (layers
+  unrolled; tied: its own [D, V] head), with the scanned full forward's log-probs; the bf16
+  view is bf16."""
   cfg, params = tiny
+  if tied:
+    cfg = cfg.replace(tie_embeddings=True)
+    params = {k: v for k, v in params.items() if k != 'lm_head'}
   sc = sampler_lib.SampleConfig(max_new_tokens=20, temperature=0.9, num_samples=2, pad_id=0)
   view = sampler_lib.sampling_params(params, jnp.float32)
   assert not qwen2_lib.is_scanned(view) and 'layer_2' in view
+  if tied:
+    np.testing.assert_array_equal(view['lm_head'], params['embedding'].T)
   a = sampler_lib.generate(params, PROMPTS, jax.random.key(3), model_cfg=cfg, cfg=sc)
   b = sampler_lib.generate(view, PROMPTS, jax.random.key(3), model_cfg=cfg, cfg=sc)
   np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
   np.testing.assert_array_equal(np.asarray(a.logps), np.asarray(b.logps))
+  ref = _full_forward_logps(cfg, params, PROMPTS, a, 0.9, 2)
+  np.testing.assert_allclose(np.asarray(a.logps), ref, atol=2e-5)
   low = sampler_lib.sampling_params(params)
   assert {x.dtype for x in jax.tree.leaves(low)} == {jnp.dtype(jnp.bfloat16)}
   assert jax.tree.structure(low) == jax.tree.structure(view)
