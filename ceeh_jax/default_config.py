@@ -55,6 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.sampling.top_p = 1.0
   c.sampling.top_k = 0
   c.sampling.max_new_tokens = 20480
+  c.sampling.unroll_layers = True  # decode over per-layer weights (False: scan; less memory)
   c.sampling.eval_temperature = 0.6
   c.sampling.eval_top_p = 0.95
   c.sampling.eval_num_samples = 1

@@ -246,7 +246,8 @@ def run(config, workdir: str) -> dict:
   stops = tuple(tokenizer_lib.stop_ids(tokenizer))
   pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
   sample_cfg = model_cfg.replace(dtype=config.model.sample_dtype)
-  view = sampler_lib.sampling_params(params, jnp.dtype(config.model.sample_dtype))
+  unroll = config.sampling.get('unroll_layers', True)
+  view = sampler_lib.sampling_params(params, jnp.dtype(config.model.sample_dtype), unroll)
   temperature = float(ev.get('temperature', 0.6))
   top_p = float(ev.get('top_p', 0.95))
   max_new = int(ev.get('max_new_tokens', 0) or config.sampling.max_new_tokens)
@@ -273,7 +274,8 @@ def run(config, workdir: str) -> dict:
         bucket = sampler_lib.bucket_length(max(len(p) for p in prompts))
         cfg = sampler_lib.SampleConfig(max_new_tokens=max_new, temperature=temperature,
                                        top_p=top_p, top_k=int(ev.get('top_k', 0)),
-                                       num_samples=k, eos_ids=stops, pad_id=pad_id)
+                                       num_samples=k, eos_ids=stops, pad_id=pad_id,
+                                       unroll_layers=unroll)
         hard = difficulty_hard(config, exs, difficulty) if difficulty else None
         hard_source = 'difficulty' if hard is not None else None
         if hard is None and (hard := meta_hard(exs)) is not None:

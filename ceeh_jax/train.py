@@ -200,11 +200,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                               timeout_s=config.grading.timeout_s,
                               require_think_close=config.data.think_prefix)
 
+  unroll = config.sampling.get('unroll_layers', True)
+
   def rollout(params, prompts, rng, temperature, n, max_new, top_p):
     cfg = sampler_lib.SampleConfig(max_new_tokens=max_new, temperature=temperature,
                                    top_p=top_p, top_k=config.sampling.top_k, num_samples=n,
-                                   eos_ids=stop_ids, pad_id=pad_id)
-    view = sampler_lib.sampling_params(params, jnp.dtype(config.model.sample_dtype))
+                                   eos_ids=stop_ids, pad_id=pad_id, unroll_layers=unroll)
+    view = sampler_lib.sampling_params(params, jnp.dtype(config.model.sample_dtype), unroll)
     return sampler_lib.generate(view, prompts, rng, model_cfg=sample_cfg, cfg=cfg, mesh=mesh,
                                 rules=rules)
 

@@ -27,6 +27,8 @@ def _parse(argv):
   p.add_argument('--prompt_len', type=int, default=1024)
   p.add_argument('--decode_rows', type=int, default=None, help='rows decoded at once (B*G)')
   p.add_argument('--what', default='train,decode')
+  p.add_argument('--scan_decode', action='store_true',
+                 help='plan the scanned decode (sampling.unroll_layers=False)')
   p.add_argument('--append', action='store_true', help='append the rows to --out')
   p.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                'memory_plans.md'))
@@ -120,8 +122,10 @@ def plan(config, devices, *, what=('train', 'decode'), prompt_len=1024, decode_r
     out['train']['compile_s'] = time.time() - t0
   if 'decode' in what:
     t0 = time.time()
-    # The sampler's view: sample dtype, layers unrolled, an untied head (`sampling_params`).
-    sample_cfg = model_cfg.replace(dtype=m.sample_dtype, scan_layers=False, tie_embeddings=False)
+    # The sampler's view: sample dtype, layers unrolled (or not), untied head (`sampling_params`).
+    scan_decode = not config.sampling.get('unroll_layers', True)
+    sample_cfg = model_cfg.replace(dtype=m.sample_dtype, scan_layers=scan_decode,
+                                   tie_embeddings=False)
     sdt = jnp.dtype(m.sample_dtype)
     sparams = jax.tree.map(lambda x: sds(x.shape, sdt if jnp.issubdtype(x.dtype, jnp.floating)
                                          else x.dtype), sharding_lib.abstract_params(sample_cfg))
@@ -147,9 +151,10 @@ def plan(config, devices, *, what=('train', 'decode'), prompt_len=1024, decode_r
     dec = jax.jit(functools.partial(sampler_lib._decode, model_cfg=sample_cfg, cfg=cfg,  # pylint: disable=protected-access
                                     mesh=mesh, rules=rules),
                   in_shardings=(sample_param_sh, state_sh, repl, repl), donate_argnums=(1,))
+    name = 'decode (scanned)' if scan_decode else 'decode'
     compiled = dec.lower(sparams, state, sds((), jnp.float32), sds((), jnp.float32)).compile()
-    out['decode'] = _stats(compiled)
-    out['decode']['compile_s'] = time.time() - t0
+    out[name] = _stats(compiled)
+    out[name]['compile_s'] = time.time() - t0
   return out
 
 
@@ -188,6 +193,8 @@ def apply_overrides(config, args):
     config.model.remat_policy = args.remat
   if args.response_len is not None:
     config.sampling.max_new_tokens = args.response_len
+  if args.scan_decode:
+    config.sampling.unroll_layers = False
   return config
 
 

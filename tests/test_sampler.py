@@ -96,6 +96,22 @@ def test_sampling_view_is_unrolled_and_samples_the_same(tiny, tied):
   assert jax.tree.structure(low) == jax.tree.structure(view)
 
 
+def test_scanned_decode_samples_what_the_unrolled_one_does(tiny):
+  """unroll_layers=False keeps the layer scan (a stacked view, even from an unrolled one):
+  the same tokens and log-probs as the default unrolled decode."""
+  cfg, params = tiny
+  kw = dict(max_new_tokens=20, temperature=0.9, num_samples=2, pad_id=0)
+  scan_cfg = sampler_lib.SampleConfig(unroll_layers=False, **kw)
+  stacked = sampler_lib.sampling_params(params, jnp.float32, unroll_layers=False)
+  assert qwen2_lib.is_scanned(stacked)
+  a = sampler_lib.generate(params, PROMPTS, jax.random.key(4), model_cfg=cfg,
+                           cfg=sampler_lib.SampleConfig(**kw))
+  for p in (stacked, sampler_lib.sampling_params(params, jnp.float32)):
+    b = sampler_lib.generate(p, PROMPTS, jax.random.key(4), model_cfg=cfg, cfg=scan_cfg)
+    np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+    np.testing.assert_allclose(np.asarray(a.logps), np.asarray(b.logps), atol=1e-5)
+
+
 def test_eos_kept_in_completion_and_mask(tiny):
   cfg, params = tiny
   greedy = sampler_lib.SampleConfig(max_new_tokens=12, temperature=0.0, pad_id=0)
