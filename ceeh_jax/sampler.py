@@ -13,10 +13,11 @@ Contract (DESIGN.md "Sampler contract"):
   * log-probs are of the sampled token under the temperature-scaled full distribution (the
     distribution the PPO ratio must use), computed in fp32;
   * the EOS token stays in the completion and in its mask;
-  * the layers are unrolled over per-layer weights (`QwenConfig.scan_layers=False`): a scanned
-    decode step slices every weight out of the [L, ...] stack, and XLA:CPU copies each slice
-    (a full weight copy per token: +40% step time at the 0.5B shape); tied embeddings get a
-    [D, V] head copy in the sampler's view (`sampling_params`).
+  * by default the layers are unrolled over per-layer weights (`SampleConfig.unroll_layers`,
+    `QwenConfig.scan_layers=False`): a scanned decode step slices every weight out of the
+    [L, ...] stack, and XLA:CPU copies each slice (a full weight copy per token: +40% step
+    time at the 0.5B shape); tied embeddings get a [D, V] head copy in the sampler's view
+    (`sampling_params`).
 """
 import dataclasses
 import functools

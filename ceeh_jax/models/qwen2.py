@@ -28,8 +28,9 @@ Three attention modes, picked statically:
 
 KV cache layout [L, B, K, S, H]: each (row, kv head) holds its keys as one contiguous [S, H]
 matrix, so a decode chunk is a plain batched matmul operand (no per-step transpose). In decode
-the whole stacked cache rides the layer scan as carry and each layer writes its slot in place
-(as scanned input/output it was sliced and re-stacked: two full cache copies per token).
+the whole stacked cache rides the layers as carry (the scan's, or the unrolled loop's with
+`scan_layers=False`, which the sampler uses) and each layer writes its slot in place (as
+scanned input/output it was sliced and re-stacked: two full cache copies per token).
 """
 import functools
 import math

@@ -528,7 +528,11 @@ def main():
   dtypes = ('float32', 'bfloat16')
   first = roofline.measure(dtypes=dtypes)
   print('roofline (start):', first.describe())
-  out = {'jax': jax.__version__, 'devices': [str(d) for d in jax.devices()], 'args': vars(args)}
+  # Paths inside the repository are recorded relative to it (no machine-specific paths).
+  rel = lambda v: (os.path.relpath(v, REPO) if isinstance(v, str) and os.path.isabs(v)
+                   and v.startswith(REPO + os.sep) else v)
+  out = {'jax': jax.__version__, 'devices': [str(d) for d in jax.devices()],
+         'args': {k: rel(v) for k, v in vars(args).items()}}
   parts = args.parts.split(',')
   if 'compare' in parts:
     out['compare'] = [part_compare(args, s) for s in sizes]
