@@ -10,7 +10,8 @@ token count is even (so grading costs nothing on either side). Ours runs what th
 sampler (prefill + while_loop decode, fp32), `rollout_update`, `train_step` (CEEH-ME, donated
 state); one update per batch, so the old log-probs are the training forward's own
 (`steps.on_policy`: no scoring pass, as TRL with num_iterations=1). TRL runs in
-its own venv (`trl_worker.py`; torch CPU, 2 threads).
+its own venv (`trl_worker.py`; torch CPU, 2 threads). The sides alternate for `--rounds`
+rounds of `--steps` steps (the shared machine's speed drifts over minutes), best step each.
 FLOP-bound limit = (train 6·N·tokens + attention, + decode 2·N·tokens + attention over the
 cache) / the fp32 matmul peak measured in this run.
 
@@ -165,17 +166,9 @@ def part_trl(args, peak):
   rows = task_lib.make_dataset(8, seed=0)
   step = Step(config, num_questions=8)
   texts, prompts = step.encode([r['problem'] for r in rows])
-  times = []
-  for i in range(args.steps + 1):  # the first call compiles
-    times.append(step.run(prompts, np.arange(8), trivial_grade, jax.random.key(i), eos=False))
-  ours = min(times[1:], key=lambda t: t['total'])
-  cfg = step.model_cfg
-  flops = flops_per_step(cfg, 64, ours['prompt_len'], 128,
-                         recompute=not steps_lib.on_policy(config))
-  bound = flops['total'] / peak.matmul_flops['float32']
-
   trl_json = os.path.join(RESULTS, 'trl_step.json')
-  if args.trl_python:
+
+  def run_trl():
     with tempfile.TemporaryDirectory() as tmp:
       prompts_path = os.path.join(tmp, 'prompts.json')
       with open(prompts_path, 'w') as f:
@@ -186,14 +179,32 @@ def part_trl(args, peak):
                       f'--temperature={config.sampling.temperature}'], check=True,
                      # PASSIVE: torch's spinning OpenMP threads ran ~10x slower on shared cores.
                      env={**os.environ, 'CUDA_VISIBLE_DEVICES': '', 'OMP_WAIT_POLICY': 'PASSIVE'})
-  trl = None
-  if os.path.exists(trl_json):
     with open(trl_json) as f:
-      trl = json.load(f)
-  trl_step = min(trl['measured_step_s']) if trl else float('nan')
-  trl_gen = min(trl['measured_generate_s']) if trl else float('nan')
-  return {'ours': ours, 'ours_all': times, 'flops': flops, 'flop_bound_s': bound, 'trl': trl,
-          'trl_step_s': trl_step, 'trl_generate_s': trl_gen}
+      return json.load(f)
+
+  # Rounds alternate ours and TRL, so a slow minute on the shared machine hits both sides;
+  # each side's best step over all rounds is kept.
+  times, trl_rounds = [], []
+  step.run(prompts, np.arange(8), trivial_grade, jax.random.key(0), eos=False)  # compiles
+  for r in range(args.rounds):
+    for i in range(args.steps):
+      times.append(step.run(prompts, np.arange(8), trivial_grade,
+                            jax.random.key(1 + r * args.steps + i), eos=False))
+    if args.trl_python:
+      trl_rounds.append(run_trl())
+  ours = min(times, key=lambda t: t['total'])
+  cfg = step.model_cfg
+  flops = flops_per_step(cfg, 64, ours['prompt_len'], 128,
+                         recompute=not steps_lib.on_policy(config))
+  bound = flops['total'] / peak.matmul_flops['float32']
+  if not trl_rounds and os.path.exists(trl_json):  # --trl_python='': the last TRL run
+    with open(trl_json) as f:
+      trl_rounds = [json.load(f)]
+  trl_step = min(min(t['measured_step_s']) for t in trl_rounds) if trl_rounds else float('nan')
+  trl_gen = min(min(t['measured_generate_s']) for t in trl_rounds) if trl_rounds else float('nan')
+  return {'ours': ours, 'ours_all': times, 'flops': flops, 'flop_bound_s': bound,
+          'trl': trl_rounds, 'trl_step_s': trl_step, 'trl_generate_s': trl_gen,
+          'rounds': args.rounds}
 
 
 def part_tiny(args):
@@ -226,7 +237,8 @@ def part_tiny(args):
 
 def main():
   ap = argparse.ArgumentParser()
-  ap.add_argument('--steps', type=int, default=3, help='measured steps after 1 warm-up')
+  ap.add_argument('--steps', type=int, default=3, help='measured steps per side and round')
+  ap.add_argument('--rounds', type=int, default=2, help='ours / TRL alternations (vs TRL part)')
   ap.add_argument('--trl_python', default=os.path.join(REPO, '.venv-trl', 'bin', 'python'))
   ap.add_argument('--parts', default='trl,tiny')
   ap.add_argument('--out', default=os.path.join(RESULTS, 'rl_step.json'))
