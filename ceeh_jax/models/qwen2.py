@@ -56,6 +56,12 @@ def _init(std=0.02):
   return nn.initializers.normal(stddev=std)
 
 
+def _matmul(x, w):
+  """x [rows, in] · w [in, out] in x's dtype, accumulated in fp32 (as the MXU does): for bf16
+  XLA:CPU otherwise converts both operands to f32 around the dot (5.7x slower at 32 rows)."""
+  return jnp.dot(x, w, preferred_element_type=jnp.float32).astype(x.dtype)
+
+
 class Proj(nn.Module):
   """A projection `x · kernel (+ bias)`, with an optional LoRA delta `x·A·B·scale`.
 
@@ -81,7 +87,7 @@ class Proj(nn.Module):
     n_in, n_out = math.prod(in_shape), math.prod(out_shape)
     lead = x.shape[:x.ndim - self.num_in]
     xf = x.reshape(-1, n_in).astype(self.dtype)                           # [rows, in]
-    y = (xf @ kernel.reshape(n_in, n_out).astype(self.dtype)).reshape(lead + out_shape)
+    y = _matmul(xf, kernel.reshape(n_in, n_out).astype(self.dtype)).reshape(lead + out_shape)
     if self.use_bias:
       out_axes = self.kernel_axes[self.num_in:]
       bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, out_axes),
@@ -93,7 +99,7 @@ class Proj(nn.Module):
       b = self.param('lora_b', nn.with_logical_partitioning(nn.initializers.zeros, (None, None)),
                      (self.lora_rank, n_out), self.param_dtype)
       if lora_on:  # off = the frozen base model, i.e. the reference policy
-        delta = (xf @ a.astype(self.dtype)) @ b.astype(self.dtype)
+        delta = _matmul(_matmul(xf, a.astype(self.dtype)), b.astype(self.dtype))
         y = y + (self.lora_scale * delta).reshape(y.shape).astype(self.dtype)
     return y
 
@@ -134,7 +140,8 @@ def _full_attention(q, k, v, mask):
   logits = jnp.einsum('BTKGH,BSKH->BKGTS', q, k, preferred_element_type=jnp.float32)
   logits = jnp.where(mask[:, None, None], logits, _NEG)
   probs = jax.nn.softmax(logits, axis=-1)
-  out = jnp.einsum('BKGTS,BSKH->BTKGH', probs.astype(v.dtype), v)
+  out = jnp.einsum('BKGTS,BSKH->BTKGH', probs.astype(v.dtype), v,
+                   preferred_element_type=jnp.float32).astype(v.dtype)
   return out, probs
 
 
