@@ -375,6 +375,11 @@ def generate(params, prompts: Sequence[Sequence[int]], rng, *, model_cfg: QwenCo
   return rollout
 
 
+def _cast_floats(tree, dtype):
+  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                      tree)
+
+
 @functools.partial(jax.jit, static_argnames=('dtype', 'unroll'))
 def _sampling_view(params, dtype, unroll=True):
   """Stacked params -> the sampler's tree: floats cast to `dtype` (None: kept), layers
@@ -382,8 +387,7 @@ def _sampling_view(params, dtype, unroll=True):
   copy of the head (the [V, D] embedding contracted on D ran the 0.5B-shape head matmul ~30%
   slower on CPU)."""
   if dtype is not None:
-    params = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating)
-                          else x, params)
+    params = _cast_floats(params, dtype)
   view = qwen2_lib.unstack_layers(params) if unroll else dict(params)
   if 'lm_head' not in view:
     view['lm_head'] = view['embedding'].T
@@ -396,6 +400,5 @@ def sampling_params(params, dtype=jnp.bfloat16, unroll_layers: bool = True):
   params are only cast.
   """
   if not qwen2_lib.is_scanned(params):
-    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating)
-                        else x, params)
+    return _cast_floats(params, dtype)
   return _sampling_view(params, jnp.dtype(dtype), unroll_layers)
