@@ -44,10 +44,12 @@ def get_config(arg=None):
   c.sampling.eval_temperature = 0.6
   c.sampling.eval_top_p = 1.0
 
-  # Batching: 16 prompts x 8 samples = 128 responses, 2 updates of 64.
+  # Batching: 16 prompts x 8 samples = 128 responses, 2 updates of 64, each in 4 micro-batches
+  # of 16 (on CPU a 16-row micro-batch's activations stay in cache: the 64-row train step runs
+  # in 0.66-0.84x the time of one 64-row pass, the same gradients).
   c.batch_size = 16
   c.minibatch_size = 64
-  c.micro_batch_size = 64
+  c.micro_batch_size = 16
   c.logp_chunk = 64
 
   # Optimizer (full fine-tune of the tiny model)

@@ -161,7 +161,7 @@ def trivial_grade(tokens, lengths):
 def part_trl(args, peak):
   config = tiny.get_config()
   config.batch_size, config.sampling.max_new_tokens = 8, 128
-  config.minibatch_size = config.micro_batch_size = 64
+  config.minibatch_size = 64  # one update per batch; micro-batches as configs/tiny.py
   config.grpo.kl_coef = 0.0
   rows = task_lib.make_dataset(8, seed=0)
   step = Step(config, num_questions=8)
