@@ -95,11 +95,11 @@ def test_logits_match_hf_left_padded(tied, tmp_path):
   np.testing.assert_allclose(ours[1, -2:], alone[0], atol=1e-5)
 
 
-@pytest.mark.parametrize('scan_layers', [True, False])
-def test_prefill_then_decode_equals_full_forward(scan_layers):
+@pytest.mark.parametrize('scan_layers,chunk', [(True, 8), (False, 8), (False, 2)])
+def test_prefill_then_decode_equals_full_forward(scan_layers, chunk):
   """Against the scanned full forward; scan_layers=False runs the unrolled layers the sampler
-  uses, on the same weights unstacked."""
-  config = TINY.replace(decode_chunk=8)
+  uses, on the same weights unstacked. Chunk 2 walks up to 15 chunks per step."""
+  config = TINY.replace(decode_chunk=chunk)
   params = _random_params(config)
   full_params = params
   if not scan_layers:
@@ -128,6 +128,28 @@ def test_prefill_then_decode_equals_full_forward(scan_layers):
     out.append(np.asarray(logits))
   out = np.concatenate(out, 1)
   np.testing.assert_allclose(out[seq_mask], full[seq_mask], atol=2e-5)
+
+
+def test_decode_attention_equals_dense_softmax_at_every_live_length():
+  """Every live length of a 64-key cache walked in chunks of 2 (full chunks and a ragged
+  tail) against a dense softmax over the visible keys; left-padded rows included."""
+  rng = np.random.default_rng(0)
+  layers, b, kh, g, s_len, h, chunk = 2, 3, 2, 2, 64, 4, 2
+  q = jnp.asarray(rng.normal(size=(b, kh, g, h)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(layers, b, kh, s_len, h)), jnp.float32)
+  v = jnp.asarray(rng.normal(size=(layers, b, kh, s_len, h)), jnp.float32)
+  key_mask = np.ones((b, s_len), bool)
+  key_mask[1, :5] = False  # left padding
+  key_mask[2, :19] = False  # padding over the first 9 chunks
+  attend = jax.jit(lambda live: qwen2_lib._decode_attention(q, k, v, jnp.int32(1),
+                                                            jnp.asarray(key_mask), live, chunk))
+  for live in range(20, s_len + 1):  # row 2 sees its first key at live 20
+    ok = key_mask[:, None, None, :live]
+    scores = np.einsum('bkgh,bksh->bkgs', q, k[1, :, :, :live])
+    w = np.where(ok, np.exp(scores - np.where(ok, scores, -np.inf).max(-1, keepdims=True)), 0)
+    want = np.einsum('bkgs,bksh->bkgh', w / w.sum(-1, keepdims=True), v[1, :, :, :live])
+    np.testing.assert_allclose(np.asarray(attend(jnp.int32(live))), want, atol=1e-5,
+                               err_msg=f'live {live}')
 
 
 def test_unrolled_layers_tree_and_round_trip():
