@@ -51,12 +51,21 @@ def load(hf_dir: str, *, mesh=None, rules=sharding_lib.DEFAULT_RULES, tokenizer_
 
 
 def logits(model: Model, tokens, mask=None):
-  """f32[B, T, V] logits for int32[B, T] tokens; `mask` bool[B, T] marks real (left-padded) tokens."""
-  tokens = jnp.asarray(tokens, jnp.int32)
-  mask = jnp.ones(tokens.shape, bool) if mask is None else jnp.asarray(mask, bool)
+  """f32[B, T, V] logits for int32[B, T] tokens; `mask` bool[B, T] marks real (left-padded) tokens.
+
+  Returns a jax.Array (rows over the mesh's data axes when the model has a mesh). On a mesh
+  over several processes: a collective (every process calls it with the same tokens), and
+  each process gets the whole result as a numpy array.
+  """
+  tokens = np.asarray(tokens, np.int32)
+  mask = np.ones(tokens.shape, bool) if mask is None else np.asarray(mask, bool)
+  if model.mesh is not None:  # each process puts only its own rows
+    rows = sharding_lib.batch_sharding(model.mesh, tokens.shape[0], 2, model.rules)
+    tokens, mask = sharding_lib.put_global(tokens, rows), sharding_lib.put_global(mask, rows)
   fn = jax.jit(sharding_lib.traced_under(model.mesh, model.rules, _logits),
                static_argnames=('config',))
-  return fn(model.params, tokens, mask, config=model.config)
+  out = fn(model.params, tokens, mask, config=model.config)
+  return out if out.is_fully_addressable else sharding_lib.to_host(out)
 
 
 def _logits(params, tokens, mask, *, config):

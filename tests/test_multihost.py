@@ -116,11 +116,12 @@ def test_two_processes_train_like_one(tmp_path):
 EVAL_OVERRIDES = {'eval.num_samples': 2, 'eval.max_new_tokens': 64, 'eval.batch_size': 4,
                   'grading.num_workers': 0, 'progress': False, 'mesh.shape': '(2,1,1)'}
 
-# api.load + api.generate on a (2, 1, 1) mesh, and without a mesh (each process on its own
-# device); argv: output JSON, then for 2 processes the coordinator address, the number of
-# processes and this process's id.
+# api.load + api.generate + api.logits on a (2, 1, 1) mesh, and without a mesh (each process
+# on its own device); argv: output JSON, then for 2 processes the coordinator address, the
+# number of processes and this process's id.
 API_SCRIPT = """
 import json, sys
+import numpy as np
 from ceeh_jax import distributed
 distributed.initialize(*sys.argv[2:])
 import ceeh_jax.api as cj
@@ -132,6 +133,8 @@ for name, mesh in (('mesh', sharding.make_mesh((2, 1, 1))), ('no_mesh', None)):
   out[name] = vars(cj.generate(model, ['a=8 b=a-5 find b', 'a=3 b=a+a c=b-1 find c'],
                                num_samples=2, max_new_tokens=48, temperature=1.0, seed=3,
                                instruction=''))
+  tokens = [[0, 0, 5, 6, 7, 8], [1, 2, 3, 4, 5, 6], [0, 9, 9, 3, 2, 1], [4, 4, 4, 4, 4, 4]]
+  out[name]['logits'] = np.asarray(cj.logits(model, tokens, np.asarray(tokens) != 0))
 with open(sys.argv[1], 'w') as f:  # numpy scalars and arrays as numbers and lists
   json.dump(out, f, default=lambda a: a.tolist())
 """
@@ -192,9 +195,11 @@ def test_two_processes_evaluate_like_one(tmp_path):
 
   api = [json.loads((tmp_path / f).read_text())
          for f in ('api_one.json', 'api_two.0.json', 'api_two.1.json')]
-  assert api[0] == api[1] == api[2], 'api.generate differs between 1 and 2 processes'
+  assert api[0] == api[1] == api[2], 'api.generate / logits differ between 1 and 2 processes'
   for out in api[0].values():
     assert len(out['texts']) == 2 and all(len(t) == 2 for t in out['texts'])
+    assert np.asarray(out['logits']).shape == (4, 6, 128)
+  np.testing.assert_allclose(api[0]['mesh']['logits'], api[0]['no_mesh']['logits'], atol=1e-5)
 
 
 @pytest.fixture
