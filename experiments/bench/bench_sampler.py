@@ -13,10 +13,10 @@ Parts (`--parts`, comma-separated):
            `model.generate` (PyTorch CPU, 2 threads, `hf_generate_worker.py`) vs Tunix's
            `Sampler` (its own venv, `tunix_worker.py`); `--rounds` (default 2) alternations of
            the three sides, the best call per side and case kept (every round's tok/s is in the
-           JSON as round_tok_s: the shared machine drifts over minutes). Sizes: `tiny` = the shipped base policy
-           (`ceeh_jax/synthetic/base_policy`, 0.16M params), `0p5b` = the Qwen2.5-0.5B preset with
-           random weights (`qwen2.init_params`, exported once with `hf_io.save_hf` so HF and Tunix
-           load the very same tensors). Every side fp32; ours also in bf16 at 0.5B (the
+           JSON as round_tok_s: the shared machine drifts over minutes). Sizes: `tiny` = the
+           shipped base policy (`ceeh_jax/synthetic/base_policy`, 0.16M params), `0p5b` = the
+           Qwen2.5-0.5B preset with random weights (`qwen2.init_params`, exported once with
+           `hf_io.save_hf` so HF and Tunix load the very same tensors). Every side fp32; ours also in bf16 at 0.5B (the
            trainer samples in bf16 by default; `model.sample_dtype`).
   long     (c) tiny model, ours, 1 prompt x 8 samples, M = 128 / 1024 / 4096 new tokens (EOS
            off): tok/s and its ratio to M = 128. The tiny config says max_position_embeddings = 512; nothing of ours
@@ -234,6 +234,7 @@ def _merge_worker(res: dict, name: str, new: dict) -> None:
     res[name] = {**new, 'cases': {}}
   for case, r in new['cases'].items():
     _keep_best(res[name]['cases'], case, r)
+
 
 def part_compare(args, size):
   quick, big = args.quick, size != 'tiny'
