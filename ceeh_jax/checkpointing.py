@@ -18,11 +18,12 @@ import jax
 import orbax.checkpoint as ocp
 
 from ceeh_jax import distributed as dist_lib
+from ceeh_jax import errors
 
 log = logging.getLogger(__name__)
 
 
-class DataMismatchError(RuntimeError):
+class DataMismatchError(errors.UserError, RuntimeError):
   """The checkpoint was written for a different (or reordered) training set."""
 
 

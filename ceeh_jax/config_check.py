@@ -3,13 +3,14 @@ import math
 
 import jax
 
+from ceeh_jax import errors
 from ceeh_jax import sharding as sharding_lib
 
 GROUP_RELATIVE = ('grpo', 'length_penalty', 'ceeh_me', 'ceeh_ea', 'egrc', 'entra', 'hapo',
                   'thinkprune', 'dler', 'laser', 'laser_d', 'grpo_lambda', 'arora_zanette')
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UserError, ValueError):
   """A config value that cannot work, named by its key."""
 
 

@@ -19,6 +19,8 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from ceeh_jax import errors
+
 DATA_DIR = pathlib.Path(__file__).resolve().parents[1] / 'data'
 BENCHMARKS = {
     'gsm8k': 'gsm8k.jsonl', 'math500': 'math500.jsonl', 'aime24': 'aime24.jsonl',
@@ -34,7 +36,7 @@ _FIELDS = ('id', 'problem', 'answer')
 _TFDS = re.compile(r'tfds:(?P<name>[^:\[]+(?::\d+(?:\.\d+)*)?)(?::(?P<split>.+))?$')
 
 
-class DataError(ValueError):
+class DataError(errors.UserError, ValueError):
   """A malformed data file or row; the message names the file and the line or row."""
 
 

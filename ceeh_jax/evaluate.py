@@ -35,6 +35,7 @@ import tqdm
 
 from ceeh_jax import data as data_lib
 from ceeh_jax import distributed as dist_lib
+from ceeh_jax import errors
 from ceeh_jax import grading as grading_lib
 from ceeh_jax import hf_io
 from ceeh_jax import metrics as metrics_lib
@@ -48,7 +49,7 @@ from ceeh_jax.synthetic import paths as synthetic
 PAPER_K_SMALL, PAPER_K_LARGE = 16, 4   # aime/amc (30-40 problems) vs math500 and larger sets
 
 
-class EvalError(ValueError):
+class EvalError(errors.UserError, ValueError):
   """A missing checkpoint, benchmark or base result; the message names what and where."""
 
 

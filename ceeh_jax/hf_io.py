@@ -27,6 +27,7 @@ import numpy as np
 import safetensors
 from safetensors.numpy import save_file
 
+from ceeh_jax import errors
 from ceeh_jax import sharding as sharding_lib
 from ceeh_jax.models.config import QwenConfig
 
@@ -39,7 +40,7 @@ _SAVE_DTYPES = {'float32': np.float32, 'bfloat16': ml_dtypes.bfloat16}
 _FLOAT_DTYPES = ('F64', 'F32', 'F16', 'BF16')
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(errors.UserError, ValueError):
   """A HF checkpoint whose tensors do not match its config (names the file and tensor)."""
 
 

@@ -7,13 +7,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ceeh_jax import errors
 from ceeh_jax import sampler as sampler_lib
 from ceeh_jax import sharding as sharding_lib
 from ceeh_jax import steps as steps_lib
 from ceeh_jax import tokenizer as tokenizer_lib
 
 
-class PromptTooLongError(ValueError):
+class PromptTooLongError(errors.UserError, ValueError):
   """A prompt exceeds data.max_prompt_tokens and the policy is 'reject'."""
 
 

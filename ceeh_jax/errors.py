@@ -1,0 +1,11 @@
+"""The one base class of errors caused by the user's input, not by a bug.
+
+A bad config value, a misspelled key, a missing file, a data row that cannot be read, a
+checkpoint written for other data: each module raises its own subclass (`ConfigError`,
+`DataError`, ...) with a message that names what to fix. `ceeh_jax.main` prints such an error
+as one line, `error: <message>`, and exits 2; anything else is a bug and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+  """Bad input (config, data, files): reported as `error: <message>`, exit status 2."""
