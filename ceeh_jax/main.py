@@ -14,6 +14,7 @@ CEEH_LOCAL_DEVICE_IDS; with none set the run is single-process (see ceeh_jax/dis
 """
 import importlib.util
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -21,6 +22,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from ceeh_jax import distributed
+from ceeh_jax import errors
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                'configs', 'tiny.py')
@@ -68,5 +70,19 @@ def main(argv):
     print(fingerprint.describe(workdir))
 
 
+def run():
+  """`app.run(main)`, with user errors (errors.UserError) as one line and exit status 2.
+
+  `--verbosity=1` (or CEEH_DEBUG=1) keeps the traceback for debugging.
+  """
+  try:
+    app.run(main)
+  except errors.UserError as e:
+    if os.environ.get('CEEH_DEBUG') or flags.FLAGS['verbosity'].value >= 1:
+      raise
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  run()
