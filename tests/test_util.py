@@ -176,3 +176,21 @@ def tiny_hf_dir(path, *, tied=False, dtype='float32', shard_size=None):
   kw = {} if shard_size is None else {'max_shard_size': shard_size}
   model.save_pretrained(path, **kw)
   return path
+
+
+def assert_approx(actual, expected, *, rel=None, abs=None, nan_ok=False, msg=''):  # pylint: disable=redefined-builtin
+  """What `actual == pytest.approx(expected, rel=, abs=)` checks, elementwise: equal, or
+  |actual - expected| <= max(rel * |expected|, abs); rel is 1e-6 unless only abs is given,
+  abs is 1e-12 by default. Infinities must match exactly; NaN equals NaN only if nan_ok."""
+  a = np.asarray(actual, np.float64)
+  e = np.asarray(expected, np.float64)
+  tol_abs = 1e-12 if abs is None else abs
+  tol_rel = (0.0 if abs is not None else 1e-6) if rel is None else rel
+  tol = np.maximum(tol_rel * np.abs(e), tol_abs)
+  with np.errstate(invalid='ignore'):
+    ok = (a == e) | (np.isfinite(e) & (np.abs(a - e) <= tol))
+  if nan_ok:
+    ok |= np.isnan(a) & np.isnan(e)
+  if not np.all(ok):
+    raise AssertionError(f'{msg + ": " if msg else ""}{actual!r} != {expected!r} '
+                         f'(rel {tol_rel:g}, abs {tol_abs:g})')
