@@ -158,15 +158,13 @@ class QwenConfig:
 
   def to_hf(self, **extra) -> dict[str, Any]:
     """A HF Qwen2 `config.json` dict for this architecture."""
-    if self.head_dim * self.num_heads != self.embed_dim:
-      # HF Qwen2 derives head_dim = hidden_size // num_heads; it cannot express other values.
-      raise ValueError('HF Qwen2 requires head_dim * num_heads == embed_dim, got '
-                       f'{self.head_dim} * {self.num_heads} != {self.embed_dim}')
     cfg = dict(architectures=['Qwen2ForCausalLM'], model_type='qwen2',
                vocab_size=self.vocab_size, hidden_size=self.embed_dim,
                intermediate_size=self.mlp_dim, num_hidden_layers=self.num_layers,
                num_attention_heads=self.num_heads, num_key_value_heads=self.num_kv_heads,
-               hidden_act='silu', rope_theta=self.rope_theta,
+               # Written always: HF Qwen2 reads `head_dim` when present and only falls back
+               # to hidden_size // num_attention_heads without it.
+               head_dim=self.head_dim, hidden_act='silu', rope_theta=self.rope_theta,
                rope_parameters={'rope_type': 'default', 'rope_theta': self.rope_theta}, rms_norm_eps=self.rms_norm_eps,
                tie_word_embeddings=self.tie_embeddings,
                max_position_embeddings=self.max_position_embeddings,
