@@ -106,16 +106,17 @@ def load_data(config, tokenizer, workdir):
   train, stats = data_lib.load_examples(train_src, field_map=field_map, on_error=d.on_error)
   if stats.skipped:
     print(f'data: skipped {stats.skipped} malformed rows of {d.train}: {stats.reasons}')
-  encode = functools.partial(rollouts_lib.encode_prompts, tokenizer,
+  # Row by row where a row fails: an unencodable row is named (or skipped, on_error='skip').
+  encode = functools.partial(rollouts_lib.encode_examples, tokenizer,
                              instruction=d.instruction, think_prefix=d.think_prefix,
-                             max_tokens=d.max_prompt_tokens, overflow=d.prompt_overflow)
-  train_prompts, n_trunc = encode(train, source=d.train)
+                             max_tokens=d.max_prompt_tokens, overflow=d.prompt_overflow,
+                             on_error=d.on_error)
+  train, train_prompts, n_trunc, _ = encode(train, source=d.train)
   evals, eval_prompts = [], []
   if d.eval and d.eval_size:
     evals, _ = data_lib.load_examples(synthetic.resolve_data(d.eval, workdir, config.seed),
                                       field_map=field_map, on_error=d.on_error)
-    evals = evals[:d.eval_size]
-    eval_prompts, _ = encode(evals, source=d.eval)
+    evals, eval_prompts, _, _ = encode(evals[:d.eval_size], source=d.eval)
   return train, train_prompts, evals, eval_prompts, n_trunc
 
 
