@@ -61,6 +61,12 @@ def validate(config, num_devices: int | None = None) -> None:
     raise ConfigError(f"config.data.on_error must be 'raise' or 'skip', got {config.data.on_error!r}")
   if config.ceeh.entropy_schedule not in ('cosine', 'anneal_weight', 'constant'):
     raise ConfigError(f'config.ceeh.entropy_schedule: unknown {config.ceeh.entropy_schedule!r}')
+  from ceeh_jax.models import config as model_config_lib  # pylint: disable=g-import-not-at-top
+  for key, allowed in (('remat_policy', model_config_lib.REMAT_POLICIES),
+                       ('attention', model_config_lib.ATTENTION)):
+    value = config.model.get(key, allowed[0])
+    if value not in allowed:
+      raise ConfigError(f'config.model.{key} must be one of {allowed}, got {value!r}')
   if not config.model.hf_dir and not config.model.preset:
     raise ConfigError('set config.model.hf_dir (a HF checkpoint directory) or config.model.preset')
   if not (config.tokenizer_dir or config.model.hf_dir):
@@ -78,3 +84,10 @@ def validate(config, num_devices: int | None = None) -> None:
   if config.batch_size % data_ways:
     raise ConfigError(f'config.batch_size={config.batch_size} must be divisible by the data axes '
                       f"(data x fsdp = {data_ways}) of config.mesh.shape={list(config.mesh.shape)}")
+  chunk = config.sampling.get('rows_per_chunk', 0)
+  if chunk:  # each chunk's rows (and KV cache) must split evenly over the data axes
+    if chunk < 0 or chunk % g or r % chunk or chunk % data_ways:
+      raise ConfigError(
+          f'config.sampling.rows_per_chunk={chunk} must be a multiple of '
+          f'sampling.num_samples={g} and of the data axes ({data_ways}) that divides the '
+          f'{r} rows of a batch (or 0: all rows in one call)')

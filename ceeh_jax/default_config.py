@@ -23,7 +23,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dtype = 'float32'        # activation dtype for training forward passes
   c.model.param_dtype = 'float32'
   c.model.sample_dtype = 'bfloat16'  # the sampler's view of the params
+  # What the backward pass keeps per layer: 'none' (everything), 'full' (layer inputs only),
+  # 'save_qkv_proj' / 'save_dot_except_mlp' / 'save_dots' (those bf16 projections too; see
+  # models/qwen2.py _REMAT).
   c.model.remat_policy = 'none'
+  # Training/prefill attention: 'auto' = Pallas splash on TPU, cuDNN on GPU (bf16), the
+  # blocked pure-JAX flash attention elsewhere; or 'blocked' | 'xla' | 'cudnn' | 'splash'.
+  c.model.attention = 'auto'
   c.model.decode_chunk = 128
   # Training/scoring forward: True scans one layer program (compiled once: big models);
   # False unrolls the layers over the same stacked params (same values and gradients; ~15%
@@ -56,6 +62,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.sampling.top_k = 0
   c.sampling.max_new_tokens = 20480
   c.sampling.unroll_layers = True  # decode over per-layer weights (False: scan; less memory)
+  # Rows (prompts x num_samples) decoded at once; 0 = the whole batch in one call. Bounds the
+  # KV cache, rows x (prompt + max_new_tokens) x 2 x layers x kv_heads x head_dim x 2 bytes
+  # (0.6 GB a row for the 1.5B at 21.5k tokens): a multiple of num_samples and of the data
+  # axes that divides batch_size x num_samples. See experiments/memory_plans.md.
+  c.sampling.rows_per_chunk = 0
   c.sampling.eval_temperature = 0.6
   c.sampling.eval_top_p = 0.95
   c.sampling.eval_num_samples = 1

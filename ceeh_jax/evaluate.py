@@ -87,7 +87,7 @@ def bench_name(source: str) -> str:
 def _overrides(m) -> dict:
   return dict(dtype=m.dtype, param_dtype=m.param_dtype, remat_policy=m.remat_policy,
               decode_chunk=m.decode_chunk, lora_rank=m.lora_rank, lora_alpha=m.lora_alpha,
-              lora_targets=tuple(m.lora_targets))
+              lora_targets=tuple(m.lora_targets), attention=m.get('attention', 'auto'))
 
 
 def model_config(config) -> QwenConfig:

@@ -81,6 +81,32 @@ def encode_examples(tokenizer, examples, *, instruction, think_prefix, max_token
   return examples, out, truncated, dropped
 
 
+def generate_in_chunks(generate, prompts, rng, *, group_size: int, rows_per_chunk: int):
+  """Rollout of all prompts, decoding at most `rows_per_chunk` rows (prompts x G) at a time.
+
+  `generate(prompts, rng, bucket)` -> Rollout is one sampler call. The KV cache is the
+  sampler's largest buffer, rows x (P + M) x 28 KiB at the 1.5B shape (~0.6 GB a row at
+  P + M = 21.5k, 231 GB for the recipe's 384 rows): chunks bound it, one chunk's cache
+  being freed before the next is made (`config.sampling.rows_per_chunk`; 0 = all rows in one
+  call). Rows come back prompt-major as from one call; chunk i samples with
+  fold_in(rng, i), so a chunked run draws other samples than an unchunked one. Every chunk has
+  the same shape (the last is padded with repeats of its last prompt, their rows dropped) and
+  the same prompt bucket: one compilation.
+  """
+  per = len(prompts) if rows_per_chunk <= 0 else max(1, rows_per_chunk // group_size)
+  bucket = sampler_lib.bucket_length(max(len(p) for p in prompts))
+  if per >= len(prompts):
+    return generate(prompts, rng, bucket)
+  parts = []
+  for i, start in enumerate(range(0, len(prompts), per)):
+    chunk = list(prompts[start:start + per])
+    rows = len(chunk) * group_size
+    chunk += [chunk[-1]] * (per - len(chunk))
+    ro = generate(chunk, jax.random.fold_in(rng, i), bucket)
+    parts.append(ro if rows == per * group_size else jax.tree.map(lambda x: x[:rows], ro))
+  return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
+
+
 def make_batch(prompts, rollout: sampler_lib.Rollout, group_size: int, pad_id: int,
                bucket: int | None = None, lengths=None) -> steps_lib.Batch:
   """Training batch for all R = B·G responses (prompt rows repeated G times)."""

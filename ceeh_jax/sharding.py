@@ -29,7 +29,10 @@ DEFAULT_RULES = (
     ('mlp', 'tensor'),
     ('norm', None),
     ('act_batch', ('data', 'fsdp')),
-    ('act_length', None),
+    # Used only when the rows do not divide the batch axes (a micro-batch of 1-4 rows on 8
+    # devices): the sequence is split instead of every device padding to and computing all
+    # the rows (see `constrain`).
+    ('act_length', ('data', 'fsdp')),
     ('act_embed', None),
     ('act_heads', 'tensor'),
     ('act_mlp', 'tensor'),
@@ -90,6 +93,21 @@ def spec_for(logical_axes, shape, mesh: Mesh, rules=DEFAULT_RULES) -> P:
     used.update(axes)
     out.append(axes[0] if len(axes) == 1 else axes)
   return P(*out)
+
+
+def constrain(x, logical_axes):
+  """`with_sharding_constraint` by logical axis names, with `spec_for`'s fallback.
+
+  Unlike `nn.with_logical_constraint`, a dimension a mesh axis does not divide is left to the
+  next logical axis that can use it instead of being padded: 4 rows on 8 devices are not
+  padded to 8 identical rows; with ('act_batch', 'act_length') the sequence is split. A no-op
+  outside `use` (no mesh or no rules).
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  rules = nn.get_logical_axis_rules()
+  if mesh.empty or not rules:
+    return x
+  return jax.lax.with_sharding_constraint(x, spec_for(logical_axes, x.shape, mesh, rules))
 
 
 def tree_shardings(boxed_tree, mesh: Mesh, rules=DEFAULT_RULES):

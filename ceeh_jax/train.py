@@ -84,7 +84,7 @@ def build_model(config, mesh, rules):
   m = config.model
   overrides = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat_policy=m.remat_policy,
                    decode_chunk=m.decode_chunk, lora_rank=m.lora_rank, lora_alpha=m.lora_alpha,
-                   lora_targets=tuple(m.lora_targets))
+                   lora_targets=tuple(m.lora_targets), attention=m.get('attention', 'auto'))
   if m.hf_dir:
     base_cfg, params = hf_io.load_hf(synthetic.resolve_model_dir(m.hf_dir), mesh=mesh, rules=rules)
     model_cfg = base_cfg.replace(**overrides)
@@ -213,8 +213,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                    top_p=top_p, top_k=config.sampling.top_k, num_samples=n,
                                    eos_ids=stop_ids, pad_id=pad_id, unroll_layers=unroll)
     view = sampler_lib.sampling_params(params, jnp.dtype(config.model.sample_dtype), unroll)
-    return sampler_lib.generate(view, prompts, rng, model_cfg=sample_cfg, cfg=cfg, mesh=mesh,
-                                rules=rules)
+    one = lambda p, key, bucket: sampler_lib.generate(view, p, key, model_cfg=sample_cfg, cfg=cfg,
+                                                      mesh=mesh, rules=rules, bucket=bucket)
+    chunk = config.sampling.get('rows_per_chunk', 0)  # bounds the KV cache (rollouts.py)
+    return rollouts_lib.generate_in_chunks(one, prompts, rng, group_size=n, rows_per_chunk=chunk)
 
   flags = methods_lib.trainer_flags(config.method, hparams)
 

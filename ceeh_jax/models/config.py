@@ -8,7 +8,10 @@ import json
 import os
 from typing import Any
 
-_REMAT_POLICIES = ('none', 'full', 'dots', 'dots_no_batch')
+# See qwen2._REMAT: 'full' keeps only each layer's input; save_* keep named bf16 projections.
+REMAT_POLICIES = ('none', 'full', 'save_qkv_proj', 'save_dot_except_mlp', 'save_dots', 'dots',
+                   'dots_no_batch')
+ATTENTION = ('auto', 'blocked', 'xla', 'cudnn', 'splash')  # see models/attention.py
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,8 +31,9 @@ class QwenConfig:
   # Numerics and memory.
   dtype: str = 'float32'          # activation dtype (the sampler uses a bf16 view)
   param_dtype: str = 'float32'
-  remat_policy: str = 'none'      # one of _REMAT_POLICIES
+  remat_policy: str = 'none'      # one of REMAT_POLICIES
   decode_chunk: int = 128         # cache chunk the decode attention walks (live part only)
+  attention: str = 'auto'         # training/prefill attention kernel, one of ATTENTION
   # True: one nn.scan over the layers, params stacked under 'layers' (training: one layer's
   # program, compiled once). False: one module per layer ('layer_0', ...; see
   # `qwen2.unstack_layers`): the sampler decodes this way, since a scanned step slices every
@@ -50,8 +54,10 @@ class QwenConfig:
                        f'({self.num_kv_heads}) for grouped-query attention')
     if self.head_dim % 2:
       raise ValueError(f'head_dim must be even for RoPE, got {self.head_dim}')
-    if self.remat_policy not in _REMAT_POLICIES:
-      raise ValueError(f'remat_policy must be one of {_REMAT_POLICIES}, got {self.remat_policy!r}')
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f'remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}')
+    if self.attention not in ATTENTION:
+      raise ValueError(f'attention must be one of {ATTENTION}, got {self.attention!r}')
     if self.lora_rank < 0:
       raise ValueError(f'lora_rank must be >= 0, got {self.lora_rank}')
     bad = set(self.lora_targets) - {'q', 'k', 'v', 'o', 'gate', 'up', 'down'}

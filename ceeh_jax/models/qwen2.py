@@ -37,16 +37,35 @@ import math
 
 import flax.linen as nn
 import jax
+from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 
+from ceeh_jax import sharding as sharding_lib
+from ceeh_jax.models import attention as attention_lib
 from ceeh_jax.models.config import QwenConfig
 
 _NEG = -1e30  # finite "minus infinity": fully padded rows give a uniform, not NaN, softmax
 
 Cache = dict  # {'k': dtype[L, B, K, S, H], 'v': dtype[L, B, K, S, H]}
 
+_save = jax.checkpoint_policies.save_only_these_names
+# What the backward pass keeps of each layer (besides its input, which the layer scan keeps
+# anyway). The projections are named (`checkpoint_name`) on their final activation-dtype
+# output, after the bias and the LoRA delta: a policy that saves a name keeps that bf16
+# [rows, out] tensor, never the fp32 accumulation of the matmul or of the LoRA delta.
+# 'context' is the attention output and its fp32 logsumexp, named where the 'blocked' and
+# 'splash' kernels make their residuals (saving it spares the backward a second attention
+# forward). Per token per layer at the 1.5B shape: q 3 KiB, k+v 1 KiB, context 3 KiB
+# (+ 48 B), o 3 KiB, gate+up 35 KiB.
 _REMAT = {
-    'full': jax.checkpoint_policies.nothing_saveable,
+    'full': jax.checkpoint_policies.nothing_saveable,                   # recompute everything
+    'save_qkv_proj': _save('q_proj', 'k_proj', 'v_proj'),
+    'save_dot_except_mlp': _save('q_proj', 'k_proj', 'v_proj', 'context', 'o_proj'),
+    'save_dots': _save('q_proj', 'k_proj', 'v_proj', 'context', 'o_proj', 'gate_proj',
+                       'up_proj', 'down_proj'),
+    # Saves every dot's output as the dot made it: the projections' fp32 accumulations
+    # ([T, 8960] f32 for gate and up) and LoRA's fp32 [T, out] delta. Kept for comparison;
+    # the save_* policies above keep the same tensors in bf16.
     'dots': jax.checkpoint_policies.checkpoint_dots,
     'dots_no_batch': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
@@ -101,7 +120,7 @@ class Proj(nn.Module):
       if lora_on:  # off = the frozen base model, i.e. the reference policy
         delta = _matmul(_matmul(xf, a.astype(self.dtype)), b.astype(self.dtype))
         y = y + (self.lora_scale * delta).reshape(y.shape).astype(self.dtype)
-    return y
+    return checkpoint_name(y, f'{self.name}_proj')  # what the remat policies save (_REMAT)
 
 
 class RMSNorm(nn.Module):
@@ -145,85 +164,9 @@ def _full_attention(q, k, v, mask):
   return out, probs
 
 
-# Query block of the training attention: [B, K, G, C, S] score blocks stay cache-sized, and
-# blocks above the causal diagonal are never computed (about half the score work at C << T).
-TRAIN_ATTN_BLOCK = 32
-
-
-def _query_blocks(t: int, c: int):
-  """Static (start, size) of the query blocks of a length-t sequence."""
-  return [(s, min(c, t - s)) for s in range(0, t, c)]
-
-
-def _visible(key_mask, q0: int, nq: int, nk: int):
-  """bool[B, 1, 1, nq, nk]: key s is a real token at or before query q0 + i (causal)."""
-  causal = (q0 + jnp.arange(nq))[:, None] >= jnp.arange(nk)[None]
-  return (causal[None] & key_mask[:, None, :nk])[:, None, None]
-
-
-# The blocked kernels work head-major (q[B,K,G,T,H], k/v[B,K,S,H]): every score and output
-# einsum is then a plain batched matmul over (B, K), with no per-block transpose.
-
-def _causal_fwd(q, k, v, key_mask, block):
-  outs, lses = [], []
-  for q0, n in _query_blocks(q.shape[3], block):
-    end = q0 + n  # keys past the block's last query are all in the future: skipped
-    ok = _visible(key_mask, q0, n, end)
-    s = jnp.einsum('BKGTH,BKSH->BKGTS', q[:, :, :, q0:end], k[:, :, :end],
-                   preferred_element_type=jnp.float32)
-    s = jnp.where(ok, s, _NEG)
-    m = s.max(-1, keepdims=True)
-    p = jnp.where(ok, jnp.exp(s - m), 0.0)
-    l = jnp.where(ok.any(-1, keepdims=True), p.sum(-1, keepdims=True), jnp.inf)  # no visible key: output 0
-    o = jnp.einsum('BKGTS,BKSH->BKGTH', (p / l).astype(v.dtype), v[:, :, :end],
-                   preferred_element_type=jnp.float32)
-    outs.append(o)
-    lses.append((m + jnp.log(jnp.where(jnp.isinf(l), 1.0, l)))[..., 0])
-  out = jnp.concatenate(outs, axis=3).astype(q.dtype)
-  return out, (q, k, v, key_mask, out, jnp.concatenate(lses, axis=-1))
-
-
-def _causal_bwd(block, res, d_out):
-  """Flash-attention backward: probabilities recomputed per block from the saved logsumexp."""
-  q, k, v, key_mask, out, lse = res
-  d_out = d_out.astype(jnp.float32)
-  delta = jnp.einsum('BKGTH,BKGTH->BKGT', out.astype(jnp.float32), d_out)
-  dq, dk, dv = [], jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32)
-  for q0, n in _query_blocks(q.shape[3], block):
-    end = q0 + n
-    ok = _visible(key_mask, q0, n, end)
-    qb, kb, vb = q[:, :, :, q0:end], k[:, :, :end], v[:, :, :end]
-    dob = d_out[:, :, :, q0:end]
-    s = jnp.einsum('BKGTH,BKSH->BKGTS', qb, kb, preferred_element_type=jnp.float32)
-    p = jnp.where(ok, jnp.exp(s - lse[..., q0:end, None]), 0.0)
-    dv = dv.at[:, :, :end].add(jnp.einsum('BKGTS,BKGTH->BKSH', p, dob))
-    dp = jnp.einsum('BKGTH,BKSH->BKGTS', dob, vb.astype(jnp.float32))
-    ds = p * (dp - delta[..., q0:end, None])
-    dq.append(jnp.einsum('BKGTS,BKSH->BKGTH', ds, kb.astype(jnp.float32)))
-    dk = dk.at[:, :, :end].add(jnp.einsum('BKGTS,BKGTH->BKSH', ds, qb.astype(jnp.float32)))
-  return (jnp.concatenate(dq, axis=3).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype),
-          None)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _causal_attention_hm(q, k, v, key_mask, block):
-  return _causal_fwd(q, k, v, key_mask, block)[0]
-
-
-_causal_attention_hm.defvjp(_causal_fwd, _causal_bwd)
-
-
-def causal_attention(q, k, v, key_mask, block: int = TRAIN_ATTN_BLOCK):
-  """Causal self-attention without a cache (training, scoring) -> out [B, T, K, G, H].
-
-  q[B,T,K,G,H], k/v[B,T,K,H], key_mask bool[B,T]. Equal to `_full_attention` with the
-  causal & key mask on every query that sees a key; a query that sees none (left padding)
-  gets 0, not a uniform average of masked keys. Never stores [B, K, G, T, S] probabilities for
-  the backward pass: it keeps the fp32 logsumexp [B, K, G, T] and recomputes each block.
-  """
-  out = _causal_attention_hm(q.transpose(0, 2, 3, 1, 4), k.transpose(0, 2, 1, 3),
-                             v.transpose(0, 2, 1, 3), key_mask, block)
-  return out.transpose(0, 3, 1, 2, 4)
+def causal_attention(q, k, v, key_mask, block: int = attention_lib.BLOCK):
+  """The 'blocked' training attention (`attention.causal_attention`) -> out [B, T, K, G, H]."""
+  return attention_lib.causal_attention(q, k, v, key_mask, 'blocked', block=block)
 
 
 def _decode_attention(q, k_cache, v_cache, layer, key_mask, live, chunk: int):
@@ -318,13 +261,13 @@ class Attention(nn.Module):
     elif self.need_probs:  # 'full' only (ENTRA's mu needs the probabilities)
       mask = jnp.tril(jnp.ones((t, t), bool))[None] & key_mask[:, None, :t]
       out, probs = _full_attention(q, kk, vv, mask)
-    else:  # 'full' or 'prefill': blocked, never a [B, K, G, T, T] matrix
-      out = causal_attention(q, kk, vv, key_mask[:, :t])
+    else:  # 'full' or 'prefill': never a [B, K, G, T, T] matrix (attention.py)
+      out = attention_lib.causal_attention(q, kk, vv, key_mask[:, :t], cfg.attention)
       if self.mode == 'prefill':
         new_cache = {'k': jax.lax.dynamic_update_slice_in_dim(cache['k'], as_cache(kk), 0, 2),
                      'v': jax.lax.dynamic_update_slice_in_dim(cache['v'], as_cache(vv), 0, 2)}
-    out = out.reshape(b, t, n, h)
-    out = nn.with_logical_constraint(out, ('act_batch', 'act_length', 'act_heads', None))
+    out = out.reshape(b, t, n, h)  # 'context': named inside the kernels, with their residuals
+    out = sharding_lib.constrain(out, ('act_batch', 'act_length', 'act_heads', None))
     y = proj((n, h, d), ('q_heads', 'head_dim', 'embed'), 2, False,
              name='o', **lora('o'))(out, lora_on)
     return y, new_cache, probs
@@ -344,7 +287,7 @@ class Mlp(nn.Module):
     up = proj((d, f), ('embed', 'mlp'), name='up', lora_rank=rank('up'))
     down = proj((f, d), ('mlp', 'embed'), name='down', lora_rank=rank('down'))
     hidden = nn.silu(gate(x, lora_on)) * up(x, lora_on)
-    hidden = nn.with_logical_constraint(hidden, ('act_batch', 'act_length', 'act_mlp'))
+    hidden = sharding_lib.constrain(hidden, ('act_batch', 'act_length', 'act_mlp'))
     return down(hidden, lora_on)
 
 
@@ -369,7 +312,7 @@ class Block(nn.Module):
         norm(name='pre_attn_norm')(x), sin, cos, key_mask, cache, layer, cache_end, self.lora_on)
     x = x + attn_out
     x = x + Mlp(cfg, name='mlp')(norm(name='pre_mlp_norm')(x), self.lora_on)
-    x = nn.with_logical_constraint(x, ('act_batch', 'act_length', 'act_embed'))
+    x = sharding_lib.constrain(x, ('act_batch', 'act_length', 'act_embed'))
     if decode:
       return (x, new_cache, layer + 1), (None, None)
     mu = attention_received(probs, key_mask[:, :x.shape[1]]) if self.want_mu else None
@@ -417,7 +360,7 @@ class Qwen2(nn.Module):
     embedding = self.param('embedding', nn.with_logical_partitioning(_init(), ('vocab', 'embed')),
                            (cfg.vocab_size, cfg.embed_dim), cfg.param_dtype)
     x = jnp.take(embedding, tokens, axis=0).astype(cfg.dtype)
-    x = nn.with_logical_constraint(x, ('act_batch', 'act_length', 'act_embed'))
+    x = sharding_lib.constrain(x, ('act_batch', 'act_length', 'act_embed'))
     sin, cos = rope_angles(positions, cfg.head_dim, cfg.rope_theta)
 
     block = Block
