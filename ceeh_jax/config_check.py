@@ -35,6 +35,9 @@ def validate(config, num_devices: int | None = None) -> None:
   if g < 2:
     raise ConfigError(f'config.sampling.num_samples must be >= 2 for the group-relative method '
                       f'{config.method!r} (the advantage is r - mean over the group), got {g}')
+  if config.sampling.get('unroll_layers', 'auto') not in (True, False, 'auto'):
+    raise ConfigError("config.sampling.unroll_layers must be True, False or 'auto', got "
+                      f'{config.sampling.unroll_layers!r}')
   if not 0.0 < config.sampling.top_p <= 1.0:
     raise ConfigError(f'config.sampling.top_p must be in (0, 1], got {config.sampling.top_p}')
   if config.sampling.temperature < 0:

@@ -61,7 +61,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.sampling.top_p = 1.0
   c.sampling.top_k = 0
   c.sampling.max_new_tokens = 20480
-  c.sampling.unroll_layers = True  # decode over per-layer weights (False: scan; less memory)
+  # Decode over per-layer weights (True: fast on CPU, a per-layer copy of the weights in the
+  # sample dtype) or the stacked ones (False: no copy); 'auto' = True on CPU only (see
+  # sampler.resolve_unroll). Any of the three, also from the command line.
+  c.sampling.unroll_layers = ml_collections.FieldReference('auto', field_type=object)
   # Rows (prompts x num_samples) decoded at once; 0 = the whole batch in one call. Bounds the
   # KV cache, rows x (prompt + max_new_tokens) x 2 x layers x kv_heads x head_dim x 2 bytes
   # (0.6 GB a row for the 1.5B at 21.5k tokens): a multiple of num_samples and of the data

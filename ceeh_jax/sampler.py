@@ -13,11 +13,12 @@ Contract (DESIGN.md "Sampler contract"):
   * log-probs are of the sampled token under the temperature-scaled full distribution (the
     distribution the PPO ratio must use), computed in fp32;
   * the EOS token stays in the completion and in its mask;
-  * by default the layers are unrolled over per-layer weights (`SampleConfig.unroll_layers`,
-    `QwenConfig.scan_layers=False`): a scanned decode step slices every weight out of the
-    [L, ...] stack, and XLA:CPU copies each slice (a full weight copy per token: +40% step
-    time at the 0.5B shape); tied embeddings get a [D, V] head copy in the sampler's view
-    (`sampling_params`).
+  * on CPU the layers are unrolled over per-layer weights (`SampleConfig.unroll_layers`
+    'auto', `QwenConfig.scan_layers=False`): a scanned decode step slices every weight out of
+    the [L, ...] stack, and XLA:CPU copies each slice (a full weight copy per token: +40% step
+    time at the 0.5B shape); on TPU/GPU the scan stays and the sampler reads the stacked
+    params (no second copy of the weights). Tied embeddings get a [D, V] head copy in the
+    sampler's view (`sampling_params`).
 """
 import dataclasses
 import functools
@@ -50,11 +51,13 @@ class SampleConfig:
   eos_ids: tuple[int, ...] = ()
   pad_id: int = 0
   # Decode over per-layer weights (see the module docstring). False keeps the layer scan: one
-  # layer program (1.5B: compile 22 -> 6 s) and ~15% less decode temp memory (CPU-compiled
-  # plan), at the weight-copy cost per token on backends that copy a scanned slice.
-  unroll_layers: bool = True
+  # layer program (1.5B: compile 22 -> 6 s), ~15% less decode temp memory (CPU-compiled
+  # plan) and no per-layer copy of the weights, at the weight-copy cost per token on backends
+  # that copy a scanned slice. 'auto' (`resolve_unroll`): unrolled on CPU, scanned elsewhere.
+  unroll_layers: bool | str = 'auto'
 
   def __post_init__(self):
+    object.__setattr__(self, 'unroll_layers', resolve_unroll(self.unroll_layers))
     if self.max_new_tokens <= 0:
       raise ValueError(f'max_new_tokens must be positive, got {self.max_new_tokens}')
     if self.temperature < 0:
@@ -352,8 +355,8 @@ def generate(params, prompts: Sequence[Sequence[int]], rng, *, model_cfg: QwenCo
 
   `params`: the model's params, stacked or unrolled (see `sampling_params`).
   """
-  if qwen2_lib.is_scanned(params) == cfg.unroll_layers:  # one copy per call, see sampling_params
-    params = (_sampling_view(params, None) if cfg.unroll_layers
+  if qwen2_lib.is_scanned(params) == cfg.unroll_layers:  # a copy per call: see sampling_params
+    params = (sampling_params(params, None, True) if cfg.unroll_layers
               else qwen2_lib.stack_layers(params))
   # The tree decides: layers unrolled or scanned, and a [D, V] head of its own when it has one.
   model_cfg = model_cfg.replace(scan_layers=qwen2_lib.is_scanned(params),
@@ -375,30 +378,64 @@ def generate(params, prompts: Sequence[Sequence[int]], rng, *, model_cfg: QwenCo
   return rollout
 
 
-def _cast_floats(tree, dtype):
-  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
-                      tree)
+def resolve_unroll(unroll_layers, backend: str | None = None) -> bool:
+  """`sampling.unroll_layers` -> bool: True / False as given; 'auto' unrolls on XLA:CPU only.
 
-
-@functools.partial(jax.jit, static_argnames=('dtype', 'unroll'))
-def _sampling_view(params, dtype, unroll=True):
-  """Stacked params -> the sampler's tree: floats cast to `dtype` (None: kept), layers
-  unrolled (unless `unroll` is False), and for tied embeddings a contiguous [D, V] `lm_head`
-  copy of the head (the [V, D] embedding contracted on D ran the 0.5B-shape head matmul ~30%
-  slower on CPU)."""
-  if dtype is not None:
-    params = _cast_floats(params, dtype)
-  view = qwen2_lib.unstack_layers(params) if unroll else dict(params)
-  if 'lm_head' not in view:
-    view['lm_head'] = view['embedding'].T
-  return view
-
-
-def sampling_params(params, dtype=jnp.bfloat16, unroll_layers: bool = True):
-  """The params as the sampler runs them (`_sampling_view`; pass the SampleConfig's
-  unroll_layers); a new copy, the trainer keeps its fp32 stacked masters. Already-unrolled
-  params are only cast.
+  On CPU a scanned decode step copies every weight slice out of the [L, ...] stack (a full
+  weight copy per token, +40% step time at the 0.5B shape), so the per-layer view pays for its
+  copy of the weights there. TPU and GPU read a scanned slice in place (dynamic-slice fusion),
+  so 'auto' keeps the scan and the sampler runs on the stacked params: no second copy of the
+  weights (none at all when the sample dtype is the params' dtype). Not yet measured on a
+  device: `scripts/device_check.sh` times both.
   """
+  if isinstance(unroll_layers, (bool, np.bool_)):
+    return bool(unroll_layers)
+  if unroll_layers != 'auto':
+    raise ValueError(f"unroll_layers must be True, False or 'auto', got {unroll_layers!r}")
+  return (backend or jax.default_backend()) == 'cpu'
+
+
+def _cast(x, dtype):
+  """x in `dtype` if it is a float of another dtype (None: kept); else x itself, not a copy."""
+  if dtype is None or not jnp.issubdtype(x.dtype, jnp.floating) or x.dtype == dtype:
+    return x
+  return x.astype(dtype)
+
+
+@functools.partial(jax.jit, static_argnames=('dtype',))
+def _unstack_cast(layers, dtype):
+  """The [L, ...] layer stack -> L per-layer trees in `dtype`, each slice cast on its own: no
+  cast copy of the whole stack exists beside them (cast first, XLA kept one: +2.4 GB of temp
+  at the 1.5B shape in bf16)."""
+  n = jax.tree.leaves(layers)[0].shape[0]
+  return [jax.tree.map(lambda x, i=i: _cast(x[i], dtype), layers) for i in range(n)]
+
+
+@functools.partial(jax.jit, static_argnames=('dtype',))
+def _head_copy(embedding, dtype):
+  return _cast(embedding.T, dtype)
+
+
+def sampling_params(params, dtype=jnp.bfloat16, unroll_layers='auto'):
+  """The params as the sampler runs them: floats in `dtype` (None: kept), layers unrolled when
+  `resolve_unroll(unroll_layers)`, and for tied embeddings a contiguous [D, V] `lm_head` copy
+  (the [V, D] embedding contracted on D ran the 0.5B-shape head matmul ~30% slower on CPU).
+
+  Only what changes is new: a leaf already in `dtype` that needs no unrolling is the caller's
+  array itself (a scanned view in the params' dtype costs nothing but the tied head's copy);
+  the trainer keeps its stacked masters beside the view. Already-unrolled params are only
+  cast.
+  """
+  dtype = None if dtype is None else jnp.dtype(dtype)
   if not qwen2_lib.is_scanned(params):
-    return _cast_floats(params, dtype)
-  return _sampling_view(params, jnp.dtype(dtype), unroll_layers)
+    return jax.tree.map(lambda x: _cast(x, dtype), params)
+  view = {k: jax.tree.map(lambda x: _cast(x, dtype), v) for k, v in params.items()
+          if k != 'layers'}
+  if resolve_unroll(unroll_layers):
+    view.update({f'layer_{i}': layer
+                 for i, layer in enumerate(_unstack_cast(params['layers'], dtype))})
+  else:
+    view['layers'] = jax.tree.map(lambda x: _cast(x, dtype), params['layers'])
+  if 'lm_head' not in view:
+    view['lm_head'] = _head_copy(params['embedding'], dtype)
+  return view
