@@ -8,7 +8,8 @@ r"""`run(config, workdir)`: evaluate one model on benchmarks with k samples per 
       --config.eval.checkpoint_workdir=runs/r1 --config.eval.base_results=runs/eval_r1/results.json
 
 Model: the latest params of a training workdir's orbax checkpoint (`eval.checkpoint_workdir`;
-its architecture from `config.model`, as `train.build_model` builds it, LoRA merged), else
+its architecture from `config.model` as the trainer builds it (`policy.model_config`); a LoRA
+checkpoint's adapters merged into the base that `config.model` names), else
 `config.model.hf_dir` (a HF directory or `synthetic:base_policy`), else a random preset.
 Per benchmark: ACC (avg@k), LEN (mean response tokens, thinking included), unbiased Pass@k for
 k = 1, 2, 4, ..., n, mean sampled-token entropy, L-Acc and NAG against `eval.base_results`
@@ -39,6 +40,7 @@ from ceeh_jax import errors
 from ceeh_jax import grading as grading_lib
 from ceeh_jax import hf_io
 from ceeh_jax import metrics as metrics_lib
+from ceeh_jax import policy as policy_lib
 from ceeh_jax import rollouts as rollouts_lib
 from ceeh_jax import sampler as sampler_lib
 from ceeh_jax import sharding as sharding_lib
@@ -91,11 +93,8 @@ def _overrides(m) -> dict:
 
 
 def model_config(config) -> QwenConfig:
-  """The architecture `train.build_model` would build from `config.model` (no weights read)."""
-  m = config.model
-  if m.hf_dir:
-    return QwenConfig.from_hf(synthetic.resolve_model_dir(m.hf_dir)).replace(**_overrides(m))
-  return QwenConfig.preset(m.preset, **_overrides(m))
+  """The architecture the trainer builds from `config.model` (no weights read)."""
+  return policy_lib.model_config(config)
 
 
 def load_model(config, mesh, rules):
@@ -112,12 +111,19 @@ def load_model(config, mesh, rules):
       raise EvalError(f'config.eval.checkpoint_workdir={ckpt_dir!r}: {e}') from None
     model_cfg = model_config(config)
     params = state['params']
-    if model_cfg.lora_rank:
-      params = hf_io.merged_lora(params, model_cfg)
+    if model_cfg.lora_rank:  # the checkpoint holds the adapters; the base is config.model's
+      policy_lib.check_base(policy_lib.read_meta(ckpt_dir, step), policy_lib.base_record(config),
+                            ckpt_dir, lora=True)
+      base = policy_lib.load_base(config, model_cfg, mesh, rules)
+      params = hf_io.merged_lora(policy_lib.with_base(params, base), model_cfg)
     model_cfg = model_cfg.replace(lora_rank=0)
     shardings = sharding_lib.param_shardings(model_cfg, mesh, rules)
-    try:  # every process has the whole checkpoint on the host and puts only its own shards
-      params = jax.tree.map(sharding_lib.put_global, params, shardings)
+    # Every process has the whole checkpoint on the host and puts only its own shards (the
+    # base's merged kernels are on the mesh already).
+    put = lambda x, s: jax.device_put(x, s) if isinstance(x, jax.Array) else (
+        sharding_lib.put_global(x, s))
+    try:
+      params = jax.tree.map(put, params, shardings)
     except ValueError as e:
       raise EvalError(f'the checkpoint in {ckpt_dir} does not match config.model '
                       f'({model_cfg}): {e}') from None
@@ -247,7 +253,7 @@ def run(config, workdir: str) -> dict:
   stops = tuple(tokenizer_lib.stop_ids(tokenizer))
   pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
   sample_cfg = model_cfg.replace(dtype=config.model.sample_dtype)
-  unroll = config.sampling.get('unroll_layers', True)
+  unroll = sampler_lib.resolve_unroll(config.sampling.get('unroll_layers', 'auto'))
   view = sampler_lib.sampling_params(params, jnp.dtype(config.model.sample_dtype), unroll)
   temperature = float(ev.get('temperature', 0.6))
   top_p = float(ev.get('top_p', 0.95))

@@ -12,11 +12,13 @@ param at a time to the host (LoRA adapters merged in) and writes safetensors sha
 fill; only process 0 writes.
 """
 import dataclasses
+import hashlib
 import json
 import math
 import os
 import re
 import shutil
+import struct
 
 from flax import traverse_util
 import jax
@@ -221,7 +223,11 @@ def _check_tied_head(ckpt: _Checkpoint, c: QwenConfig, rows: int = 8192):
 
 
 def _load_param(ckpt: _Checkpoint, m: Mapping, num_layers: int, sharding, dtype) -> jax.Array:
-  """One param on `sharding`; each distinct shard is read from disk once."""
+  """One param on `sharding`; each distinct shard is read from disk once.
+
+  A stacked shard is filled layer by layer into one block of the target dtype, so the host
+  holds that block plus one layer's slice as read (never a stack in the disk dtype first).
+  """
   shape = ((num_layers,) if m.stacked else ()) + m.shape
   blocks = {}  # replicas of a shard share one host block
 
@@ -230,13 +236,54 @@ def _load_param(ckpt: _Checkpoint, m: Mapping, num_layers: int, sharding, dtype)
     if key not in blocks:
       if m.stacked:
         layers = range(*key[0])
-        block = np.stack([ckpt.read(m.hf.format(i=i), m, index[1:]) for i in layers])
+        block = None
+        for j, i in enumerate(layers):
+          layer = ckpt.read(m.hf.format(i=i), m, index[1:])
+          if block is None:
+            block = np.empty((len(layers),) + layer.shape, dtype)
+          block[j] = layer
       else:
-        block = ckpt.read(m.hf, m, index)
-      blocks[key] = np.ascontiguousarray(block, dtype)
+        block = np.ascontiguousarray(ckpt.read(m.hf, m, index), dtype)
+      blocks[key] = block
     return blocks[key]
 
   return jax.make_array_from_callback(shape, sharding, cb)
+
+
+def weights_fingerprint(model_dir, blocks: int = 16, block_bytes: int = 4096) -> str:
+  """A sha256 naming a HF directory's weights, read in well under a second at any size.
+
+  Covers every tensor's name, dtype and shape and `blocks` evenly spaced `block_bytes` runs of
+  its raw bytes (all of a tensor smaller than that): another model, or a fine-tune of the same
+  one, differs in every sampled run; only a change confined to bytes between the samples goes
+  unseen. The file names and layout (one file or sharded) do not enter it.
+  """
+  ckpt = _Checkpoint(os.fspath(model_dir))
+  h = hashlib.sha256()
+  by_file = {}
+  for name, (path, _, _) in ckpt.tensors.items():
+    by_file.setdefault(path, []).append(name)
+  entries = {}
+  for path, names in by_file.items():
+    with open(path, 'rb') as fh:
+      (n,) = struct.unpack('<Q', fh.read(8))
+      header = json.loads(fh.read(n))
+      for name in names:
+        begin, end = header[name]['data_offsets']
+        begin, end = begin + 8 + n, end + 8 + n
+        size, runs = end - begin, []
+        starts = ([begin] if size <= blocks * block_bytes else
+                  [begin + (size - block_bytes) * k // (blocks - 1) for k in range(blocks)])
+        for start in starts:
+          fh.seek(start)
+          runs.append(fh.read(min(block_bytes, end - start) if size > blocks * block_bytes
+                              else size))
+        entries[name] = (header[name]['dtype'], header[name]['shape'], b''.join(runs))
+  for name in sorted(entries):
+    dtype, shape, data = entries[name]
+    h.update(f'{name}:{dtype}:{shape}:{len(data)}'.encode())
+    h.update(data)
+  return h.hexdigest()
 
 
 def load_hf(model_dir, *, mesh=None, rules=sharding_lib.DEFAULT_RULES, dtype=None):
@@ -281,11 +328,15 @@ def load_hf(model_dir, *, mesh=None, rules=sharding_lib.DEFAULT_RULES, dtype=Non
 # ---------------------------------------------------------------------------------------------
 
 def _merge(kernel, a, b, scale: float):
-  """kernel[L, *in, *out] + scale·(A[L, I, R] @ B[L, R, O]) reshaped, computed in fp32."""
+  """kernel[L, *in, *out] + scale·(A[L, I, R] @ B[L, R, O]) reshaped, computed in fp32.
+
+  The result keeps fp32 when the kernel is narrower (a LoRA run's bf16 frozen base): the
+  merged weights are the fp32 sum, rounded only by the export's own dtype.
+  """
   xp = jnp if isinstance(kernel, jax.Array) else np
   delta = xp.einsum('lir,lro->lio', xp.asarray(a, xp.float32), xp.asarray(b, xp.float32))
   out = xp.asarray(kernel, xp.float32) + scale * delta.reshape(kernel.shape)
-  return out.astype(kernel.dtype)
+  return out.astype(jnp.promote_types(kernel.dtype, jnp.float32))
 
 
 def merged_lora(params, config: QwenConfig):

@@ -123,7 +123,7 @@ def make_batch(prompts, rollout: sampler_lib.Rollout, group_size: int, pad_id: i
   zeros_r = jnp.zeros_like(old_logp[:, 0])
   return steps_lib.Batch(prompt=put(toks), prompt_mask=put(mask),
                          completion=rollout.tokens[:, :m], mask=rollout.mask[:, :m],
-                         old_logp=old_logp, ref_logp=jnp.zeros_like(old_logp),
+                         old_logp=old_logp,
                          advantages=zeros_r, hard=zeros_r)
 
 

@@ -45,7 +45,6 @@ class Batch:
   completion: jax.Array    # int32[R, M]
   mask: jax.Array          # bool[R, M] completion mask (EOS included)
   old_logp: jax.Array      # f32[R, M] behaviour log-probs (temperature-scaled)
-  ref_logp: jax.Array      # f32[R, M] reference log-probs (zeros when beta == 0)
   advantages: jax.Array    # f32[R]
   hard: jax.Array          # f32[R] 1 on currently-hard questions
 
@@ -248,12 +247,18 @@ def entropy_schedule(config, step):
   raise ValueError(f'unknown ceeh.entropy_schedule {c.entropy_schedule!r}')
 
 
-def minibatch_loss(train_params, frozen, batch: Batch, temperature, it, *,
+def minibatch_loss(train_params, frozen, batch: Batch, temperature, it, ref_params=None, *,
                    config: ml_collections.ConfigDict, model_cfg: QwenConfig):
   """(loss, aux, grads) of one minibatch, accumulated exactly over micro-batches.
 
   Every aggregate is (sum over micro-batches) / (denominator of the whole minibatch), so the
   result equals one pass over the full minibatch for every aggregation mode.
+
+  With the KL term, the reference log-probs are computed here, per micro-batch, by the same
+  forward as the policy's (same program, dtype and micro-batch): while the policy equals the
+  reference (step 1) the two agree bit for bit and KL is exactly 0. `ref_params`: the frozen
+  reference of a full fine-tune; None under LoRA, where the reference is the frozen base with
+  the adapters off (no second copy of the base).
   """
   g = config.grpo
   ent_coef, hard_weight = entropy_schedule(config, it)
@@ -262,6 +267,9 @@ def minibatch_loss(train_params, frozen, batch: Batch, temperature, it, *,
   use_kl = g.kl_coef > 0
   fresh = on_policy(config)  # behaviour log-probs = this forward's own (no scoring pass)
   t_max = config.sampling.max_new_tokens  # Dr.GRPO: a constant, not the trimmed batch width
+  if use_kl and ref_params is None and not model_cfg.lora_rank:
+    raise ValueError('a full fine-tune with grpo.kl_coef > 0 needs ref_params (the frozen '
+                     'initial params)')
 
   # Denominators of the whole minibatch first, so micro-batch sums add up exactly.
   _, pg_den = losses_lib.aggregate(jnp.zeros(batch.mask.shape), batch.mask, g.aggregation,
@@ -284,7 +292,10 @@ def minibatch_loss(train_params, frozen, batch: Batch, temperature, it, *,
     aux = {'pg_loss': pg_sum / pg_den, 'entropy_sum': (ent * m).sum(), 'tokens': m.sum()}
     aux.update({f'clip/{k}': (v * m).sum() for k, v in clip.items()})
     if use_kl:
-      kl_tok = losses_lib.kl_penalty(logp, mb.ref_logp, g.kl_kind)
+      ref = jax.lax.stop_gradient(params if ref_params is None else ref_params)
+      ref_logp, _ = completion_logps(ref, model_cfg, mb, temperature, lora_on=False,
+                                     chunk_size=config.logp_chunk)
+      kl_tok = losses_lib.kl_penalty(logp, ref_logp, g.kl_kind)
       kl_sum, _ = losses_lib.aggregate(kl_tok, mb.mask, g.aggregation, max_len=t_max)
       loss = loss + g.kl_coef * kl_sum / pg_den
       aux['kl'] = kl_sum / pg_den
@@ -316,14 +327,18 @@ def all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves])) if leaves else jnp.bool_(True)
 
 
-def train_step(state: TrainState, batch: Batch, temperature, *, config: ml_collections.ConfigDict,
-               model_cfg: QwenConfig, optimizer: optax.GradientTransformation):
-  """PPO-clip (+ KL, − CEEH-ME entropy bonus) gradient step -> (state, metrics)."""
+def train_step(state: TrainState, batch: Batch, temperature, ref_params=None, *,
+               config: ml_collections.ConfigDict, model_cfg: QwenConfig,
+               optimizer: optax.GradientTransformation):
+  """PPO-clip (+ KL, − CEEH-ME entropy bonus) gradient step -> (state, metrics).
+
+  `ref_params`: the KL reference of a full fine-tune (see `minibatch_loss`); None with LoRA.
+  """
   lora = model_cfg.lora_rank > 0
   it = state.step - 1  # rollout_update already advanced the step for this batch
   train, frozen = split_params(state.params, lora)
-  loss, aux, grads = minibatch_loss(train, frozen, batch, temperature, it, config=config,
-                                    model_cfg=model_cfg)
+  loss, aux, grads = minibatch_loss(train, frozen, batch, temperature, it, ref_params,
+                                    config=config, model_cfg=model_cfg)
   grad_norm = optax.global_norm(grads)
   updates, new_opt = optimizer.update(grads, state.opt_state, train)
   new_train = optax.apply_updates(train, updates)

@@ -26,17 +26,16 @@ from ceeh_jax import data as data_lib
 from ceeh_jax import distributed as dist_lib
 from ceeh_jax import errors
 from ceeh_jax import grading as grading_lib
-from ceeh_jax import hf_io
 from ceeh_jax import methods as methods_lib
 from ceeh_jax import metric_writers
 from ceeh_jax import metrics as metrics_lib
+from ceeh_jax import policy as policy_lib
 from ceeh_jax import rollouts as rollouts_lib
 from ceeh_jax import sampler as sampler_lib
 from ceeh_jax import sharding as sharding_lib
 from ceeh_jax import steps as steps_lib
 from ceeh_jax.synthetic import paths as synthetic
 from ceeh_jax import tokenizer as tokenizer_lib
-from ceeh_jax.models.config import QwenConfig
 
 
 class Draw(NamedTuple):
@@ -77,30 +76,6 @@ class TooManySkippedUpdates(errors.RunError, RuntimeError):
 
 class BrokenFinalState(errors.RunError):
   """The run ended with non-finite params or an eval accuracy collapsed to 0: not a success."""
-
-
-def build_model(config, mesh, rules):
-  """(QwenConfig, params) from a HF directory or a random preset, created in their shardings."""
-  m = config.model
-  overrides = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat_policy=m.remat_policy,
-                   decode_chunk=m.decode_chunk, lora_rank=m.lora_rank, lora_alpha=m.lora_alpha,
-                   lora_targets=tuple(m.lora_targets), attention=m.get('attention', 'auto'))
-  if m.hf_dir:
-    base_cfg, params = hf_io.load_hf(synthetic.resolve_model_dir(m.hf_dir), mesh=mesh, rules=rules)
-    model_cfg = base_cfg.replace(**overrides)
-    if model_cfg.lora_rank:  # fresh adapters (B = 0) on top of the loaded base
-      fresh = sharding_lib.init_params(model_cfg, jax.random.key(config.seed + 1), mesh, rules)
-      params = _add_lora(params, fresh)
-    return model_cfg, params
-  model_cfg = QwenConfig.preset(m.preset, **overrides)
-  return model_cfg, sharding_lib.init_params(model_cfg, jax.random.key(config.seed), mesh, rules)
-
-
-def _add_lora(base, fresh):
-  import flax.traverse_util as tu
-  flat = tu.flatten_dict(fresh)
-  flat.update(tu.flatten_dict(base))
-  return tu.unflatten_dict(flat)
 
 
 def load_data(config, tokenizer, workdir):
@@ -150,39 +125,55 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   stop_ids = tuple(tokenizer_lib.stop_ids(tokenizer))
   pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
 
-  # --- Model & optimizer -------------------------------------------------------------------
-  model_cfg, params = build_model(config, mesh, rules)
+  # --- Model & optimizer: abstract first (jax.eval_shape), nothing allocated yet -----------
+  model_cfg = policy_lib.model_config(config)
   lora = model_cfg.lora_rank > 0
   optimizer = steps_lib.make_optimizer(config)
   hparams = methods_lib.default_hparams(config.method)
   hparams.update(dict(config.method_hparams))
-  state = steps_lib.init_train_state(params, optimizer, len(train), config.seed, lora,
-                                     config.method, hparams)
-  ref_params = None
-  if config.grpo.kl_coef > 0 and not lora:  # with LoRA the reference is "adapters off"
-    ref_params = jax.tree.map(jnp.copy, params)
-  del params
-  # Everything on the mesh: params as loaded, optimizer moments like their params, the rest
-  # (difficulty state, step, rng) replicated.
-  state_shardings = steps_lib.state_shardings(
-      state, sharding_lib.param_shardings(model_cfg, mesh, rules), mesh)
-  state = jax.device_put(state, state_shardings)
+  init_args = (len(train), config.seed, lora, config.method, hparams)
+  abstract, state_shardings = policy_lib.abstract_state(model_cfg, optimizer, mesh, rules,
+                                                        *init_args)
+  base_record = policy_lib.base_record(config)
 
-  # --- Checkpoint restore ------------------------------------------------------------------
+  # --- Checkpoint restore: the trainable part only, straight into its abstract targets -----
   ckpt = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
   writer = metric_writers.MetricWriter(workdir, tensorboard=config.tensorboard, enabled=main)
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                          state)
-  restored = ckpt.restore(abstract, check_meta=lambda meta: ckpt_lib.check_data_fingerprint(
-      meta, fingerprint, config.data.train))
+
+  def check_meta(meta):
+    ckpt_lib.check_data_fingerprint(meta, fingerprint, config.data.train)
+    policy_lib.check_base(meta, base_record, ckpt.directory, lora)
+
+  restored = ckpt.restore(policy_lib.trainable_state(abstract, lora), check_meta=check_meta)
+
+  # --- Params: the base streamed from HF (or the preset's seed), then adapters/optimizer -----
+  # LoRA: the frozen base with the adapters off is also the KL reference (no copy). Full
+  # fine-tune: the reference is the base, a copy at the start, loaded again on resume.
+  use_kl = config.grpo.kl_coef > 0
+  ref_params = None
   if restored is not None:
     start, state, meta = restored
+    if lora or use_kl:
+      base = policy_lib.load_base(config, model_cfg, mesh, rules)
+      if lora:
+        state = state.replace(params=policy_lib.with_base(state.params, base))
+      else:
+        ref_params = base
+      del base
     iterator.set_state(meta['iterator'])
     dropped = writer.truncate_after(start)
     if main:
       print(f'resumed from step {start} ({dropped} later log lines dropped)')
   else:
     start = 0
+    params = policy_lib.load_base(config, model_cfg, mesh, rules)
+    if lora:
+      params = policy_lib.with_base(policy_lib.init_adapters(
+          model_cfg, jax.random.key(config.seed + 1), mesh, rules), params)
+    elif use_kl:
+      ref_params = jax.tree.map(jnp.copy, params)  # the params train in place (donated)
+    state = policy_lib.fresh_state(params, optimizer, state_shardings, *init_args)
+    del params
     writer.truncate_after(0)
 
   # --- Jitted step functions ---------------------------------------------------------------
@@ -198,15 +189,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       out_shardings=(state_shardings, None), donate_argnums=(0,))
   score = jax.jit(under(functools.partial(steps_lib.score, model_cfg=fwd_cfg,
                                           micro_batch=config.micro_batch_size,
-                                          chunk_size=config.logp_chunk)),
-                  static_argnames=('lora_on',))
+                                          chunk_size=config.logp_chunk)))
   sample_cfg = model_cfg.replace(dtype=config.model.sample_dtype)
   # The prompt ends inside <think>: a completion that never closes it has no answer.
   grader = grading_lib.Grader(num_workers=config.grading.num_workers,
                               timeout_s=config.grading.timeout_s,
                               require_think_close=config.data.think_prefix)
 
-  unroll = config.sampling.get('unroll_layers', True)
+  unroll = sampler_lib.resolve_unroll(config.sampling.get('unroll_layers', 'auto'))
 
   def rollout(params, prompts, rng, temperature, n, max_new, top_p):
     cfg = sampler_lib.SampleConfig(max_new_tokens=max_new, temperature=temperature,
@@ -294,10 +284,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                      lengths=lengths_np)
     if config.old_logp == 'recompute' and not steps_lib.on_policy(config):
       batch = batch.replace(old_logp=score(state.params, batch, jnp.float32(temperature)))
-    if config.grpo.kl_coef > 0:
-      ref = score(ref_params if ref_params is not None else state.params, batch,
-                  jnp.float32(temperature), lora_on=not lora)
-      batch = batch.replace(ref_logp=ref)
     extra = rollouts_lib.method_extras(config, model_cfg, state.params, batch, temperature)
     qids = np.repeat(np.asarray(idx, np.int32), g)
     state, rewards, adv, hard, keep, r_metrics = rollout_update(
@@ -309,7 +295,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     # Minibatch updates.
     t_metrics = []
     for mb in rollouts_lib.minibatches(batch, config.minibatch_size):
-      state, m = train_step(state, mb, jnp.float32(temperature))
+      # The KL reference's log-probs come from inside the step (steps.minibatch_loss).
+      state, m = train_step(state, mb, jnp.float32(temperature), ref_params)
       t_metrics.append(m)
     t_metrics = sharding_lib.to_host(t_metrics)
     t4 = time.perf_counter()
@@ -326,6 +313,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     n_tokens = int(sum(dr.lengths.sum() for dr in draws))  # every token sampled this step
     record = {k: float(v) for k, v in sharding_lib.to_host(r_metrics).items()}
     record.update({k: float(np.mean([m[k] for m in t_metrics])) for k in t_metrics[0]})
+    if 'kl' in t_metrics[0]:  # at the params that sampled the batch (later minibatches follow
+      record['kl_first_minibatch'] = float(t_metrics[0]['kl'])  # updates): exactly 0 at step 1
     if flags.dynamic_sampling:
       record.update(draw_metrics)
     # The rollouts split by the examples' own difficulty (synthetic task: easy/hard by
@@ -350,9 +339,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     # every update skip; saving them would carry the damage into the next run).
     if (step + 1) % config.checkpoint_every == 0 or step + 1 == end:
       if state_finite(state):
-        ckpt.save(step + 1, state, {'iterator': iterator.get_state(),
-                                    'data_fingerprint': fingerprint,
-                                    'config': config.to_json_best_effort()})
+        # Trainable params, optimizer and difficulty state; the base is named in `base`.
+        ckpt.save(step + 1, policy_lib.trainable_state(state, lora),
+                  {'iterator': iterator.get_state(), 'data_fingerprint': fingerprint,
+                   'base': base_record, 'config': config.to_json_best_effort()})
       elif main:
         print(f'WARNING: not saving the checkpoint of step {step + 1}: the params or optimizer '
               'state hold NaN/Inf', flush=True)

@@ -96,28 +96,30 @@ def plan(config, devices, *, what=('train', 'decode'), prompt_len=1024, decode_r
   mesh = sharding_lib.make_mesh(_mesh_shape(config, devices))
   rules = sharding_lib.DEFAULT_RULES
   param_sh = sharding_lib.param_shardings(model_cfg, mesh, rules)
-  abstract_params = sharding_lib.abstract_params(model_cfg)
   repl = sharding_lib.replicated(mesh)
   sds = jax.ShapeDtypeStruct
   out, mlen = {}, config.sampling.max_new_tokens
   t0 = time.time()
   if 'train' in what:
+    from ceeh_jax import policy as policy_lib  # pylint: disable=g-import-not-at-top
     opt = steps_lib.make_optimizer(config)
-    abstract = jax.eval_shape(lambda p: steps_lib.init_train_state(
-        p, opt, 1024, 0, model_cfg.lora_rank > 0, config.method, {}), abstract_params)
-    state_sh = steps_lib.state_shardings(abstract, param_sh, mesh)
+    lora = model_cfg.lora_rank > 0
+    # As the trainer holds it (LoRA: the frozen base in the compute dtype).
+    abstract, state_sh = policy_lib.abstract_state(model_cfg, opt, mesh, rules, 1024, 0, lora,
+                                                   config.method, {})
+    # A full fine-tune with KL passes its frozen reference (a second copy of the params).
+    ref = abstract.params if not lora and config.grpo.kl_coef > 0 else None
     r, p = config.minibatch_size, prompt_len
     batch = steps_lib.Batch(prompt=sds((r, p), jnp.int32), prompt_mask=sds((r, p), bool),
                             completion=sds((r, mlen), jnp.int32), mask=sds((r, mlen), bool),
                             old_logp=sds((r, mlen), jnp.float32),
-                            ref_logp=sds((r, mlen), jnp.float32),
                             advantages=sds((r,), jnp.float32), hard=sds((r,), jnp.float32))
     batch_sh = jax.tree.map(lambda x: sharding_lib.batch_sharding(mesh, r, x.ndim, rules), batch)
     step = jax.jit(sharding_lib.traced_under(mesh, rules, functools.partial(
         steps_lib.train_step, config=config, model_cfg=model_cfg, optimizer=opt)),
-        in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, None),
-        donate_argnums=(0,))
-    compiled = step.lower(abstract, batch, sds((), jnp.float32)).compile()
+        in_shardings=(state_sh, batch_sh, repl, None if ref is None else param_sh),
+        out_shardings=(state_sh, None), donate_argnums=(0,))
+    compiled = step.lower(abstract, batch, sds((), jnp.float32), ref).compile()
     out['train'] = _stats(compiled)
     out['train']['compile_s'] = time.time() - t0
   if 'decode' in what:

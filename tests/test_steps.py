@@ -29,7 +29,6 @@ def _batch(seed=0, vocab=257):
       completion=jnp.asarray(rng.integers(1, vocab, (R, M)) * mask, jnp.int32),
       mask=jnp.asarray(mask),
       old_logp=jnp.asarray(-rng.uniform(3, 7, (R, M)) * mask, jnp.float32),
-      ref_logp=jnp.asarray(-rng.uniform(3, 7, (R, M)) * mask, jnp.float32),
       advantages=jnp.asarray(rng.normal(size=R), jnp.float32),
       hard=jnp.asarray(rng.integers(0, 2, R), jnp.float32))
 
@@ -41,7 +40,7 @@ def _config(**kw):
   c.minibatch_size, c.micro_batch_size = R, R
   c.logp_chunk = 5
   c.total_steps = 10
-  c.grpo.kl_coef = 0.01
+  c.grpo.kl_coef = 0.0  # the in-step KL reference is tested in test_kl_reference.py
   c.optim.lr = 1e-3
   c.old_logp = 'sampler'  # use the batch's old_logp (random here): a non-trivial PPO ratio
   for k, v in kw.items():
@@ -223,14 +222,15 @@ def test_r1_1p5b_train_step_lowers_on_abstract_arrays(lora):
   sds = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt)
   batch = steps_lib.Batch(prompt=sds((r, p), jnp.int32), prompt_mask=sds((r, p), bool),
                           completion=sds((r, mlen), jnp.int32), mask=sds((r, mlen), bool),
-                          old_logp=sds((r, mlen), jnp.float32), ref_logp=sds((r, mlen), jnp.float32),
+                          old_logp=sds((r, mlen), jnp.float32),
                           advantages=sds((r,), jnp.float32), hard=sds((r,), jnp.float32))
   step = jax.jit(sharding_lib.traced_under(mesh, rules, functools.partial(
       steps_lib.train_step, config=config, model_cfg=model_cfg, optimizer=opt)),
       in_shardings=(state_sh, jax.tree.map(lambda x: sharding_lib.batch_sharding(mesh, r, x.ndim, rules),
-                                       batch), repl),
+                                       batch), repl, None if lora else param_sh),
       out_shardings=(state_sh, None), donate_argnums=(0,))
-  lowered = step.lower(abstract, batch, jax.ShapeDtypeStruct((), jnp.float32))
+  lowered = step.lower(abstract, batch, jax.ShapeDtypeStruct((), jnp.float32),
+                       None if lora else abstract.params)  # full FT: the KL reference
   text = lowered.as_text()
   assert 'sharding' in text
   n_params = sum(x.size for x in jax.tree.leaves(abstract.params))

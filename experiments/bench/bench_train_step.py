@@ -62,7 +62,6 @@ def make_batch(r: int, p: int, m: int, vocab: int, seed: int = 0) -> steps_lib.B
       completion=jnp.asarray(rng.integers(0, vocab, (r, m)), jnp.int32),
       mask=jnp.ones((r, m), bool),
       old_logp=jnp.asarray(-rng.uniform(8, 12, (r, m)), jnp.float32),
-      ref_logp=jnp.zeros((r, m), jnp.float32),
       advantages=jnp.asarray(rng.normal(size=r), jnp.float32),
       hard=jnp.asarray(rng.integers(0, 2, r), jnp.float32))
 
