@@ -114,7 +114,7 @@ def load_model(config, mesh, rules):
     if model_cfg.lora_rank:  # the checkpoint holds the adapters; the base is config.model's
       policy_lib.check_base(policy_lib.read_meta(ckpt_dir, step), policy_lib.base_record(config),
                             ckpt_dir, lora=True)
-      base = policy_lib.load_base(config, model_cfg, mesh, rules)
+      base = policy_lib.load_base(config, model_cfg, mesh, rules, bits=False)
       params = hf_io.merged_lora(policy_lib.with_base(params, base), model_cfg)
     model_cfg = model_cfg.replace(lora_rank=0)
     shardings = sharding_lib.param_shardings(model_cfg, mesh, rules)

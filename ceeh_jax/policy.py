@@ -25,6 +25,7 @@ from ceeh_jax import errors
 from ceeh_jax import hf_io
 from ceeh_jax import sharding as sharding_lib
 from ceeh_jax import steps as steps_lib
+from ceeh_jax.models import qwen2 as qwen2_lib
 from ceeh_jax.models.config import QwenConfig
 from ceeh_jax.synthetic import paths as synthetic
 
@@ -100,11 +101,13 @@ def read_meta(workdir: str, step: int) -> dict:
   return dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'])
 
 
-def load_base(config, model_cfg: QwenConfig, mesh, rules):
+def load_base(config, model_cfg: QwenConfig, mesh, rules, *, bits: bool | None = None):
   """The base params (no adapters) in `base_dtype`, created in their shardings.
 
   From HF: streamed tensor by tensor (`hf_io.load_hf`); its architecture must be the one
-  `model_config` read. From a preset: the seed's random init.
+  `model_config` read. From a preset: the seed's random init. `bits` (default: under LoRA)
+  stores the frozen bf16 layer weights and embedding as their bit patterns (`qwen2.to_bits`:
+  sliced and gathered without an fp32 copy on XLA:CPU), converted one leaf at a time.
   """
   base_cfg = model_cfg.replace(lora_rank=0, param_dtype=base_dtype(model_cfg))
   m = config.model
@@ -112,8 +115,19 @@ def load_base(config, model_cfg: QwenConfig, mesh, rules):
     loaded_cfg, params = hf_io.load_hf(synthetic.resolve_model_dir(m.hf_dir), mesh=mesh,
                                        rules=rules, dtype=base_cfg.param_dtype)
     assert loaded_cfg.num_params == base_cfg.num_params, (loaded_cfg, base_cfg)
-    return params
-  return sharding_lib.init_params(base_cfg, jax.random.key(config.seed), mesh, rules)
+  else:
+    params = sharding_lib.init_params(base_cfg, jax.random.key(config.seed), mesh, rules)
+  if model_cfg.lora_rank > 0 if bits is None else bits:
+    flat = tu.flatten_dict(params)
+    del params
+    for path in list(flat):  # one leaf at a time: the bf16 leaf is dropped as its bits appear
+      if path[0] in qwen2_lib.BITS_KEYS:
+        flat[path] = _to_bits(flat[path])
+    params = tu.unflatten_dict(flat)
+  return params
+
+
+_to_bits = jax.jit(qwen2_lib.to_bits)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,11 +194,13 @@ def abstract_state(model_cfg: QwenConfig, optimizer, mesh, rules, num_questions:
                    seed: int, lora: bool, method: str, hparams):
   """(abstract TrainState with shardings, its shardings); nothing is allocated."""
   params = sharding_lib.abstract_params(model_cfg)
-  if lora:  # the frozen base is stored in base_dtype
+  if lora:  # the frozen base as `load_base` stores it: base_dtype, bf16 layers as bits
     frozen = jnp.dtype(base_dtype(model_cfg))
+    stored = lambda p: (jnp.uint16 if p[0] in qwen2_lib.BITS_KEYS and frozen == jnp.bfloat16
+                        else frozen)
     params = tu.unflatten_dict({
         p: v if is_adapter(p) or not jnp.issubdtype(v.dtype, jnp.floating) else
-        jax.ShapeDtypeStruct(v.shape, frozen) for p, v in tu.flatten_dict(params).items()})
+        jax.ShapeDtypeStruct(v.shape, stored(p)) for p, v in tu.flatten_dict(params).items()})
   abstract = jax.eval_shape(lambda p: steps_lib.init_train_state(
       p, optimizer, num_questions, seed, lora, method, hparams), params)
   shardings = steps_lib.state_shardings(

@@ -408,12 +408,14 @@ def _unstack_cast(layers, dtype):
   cast copy of the whole stack exists beside them (cast first, XLA kept one: +2.4 GB of temp
   at the 1.5B shape in bf16)."""
   n = jax.tree.leaves(layers)[0].shape[0]
-  return [jax.tree.map(lambda x, i=i: _cast(x[i], dtype), layers) for i in range(n)]
+  # (A frozen base stored as bits, qwen2.to_bits, comes back as bf16 arrays.)
+  return [jax.tree.map(lambda x, i=i: _cast(qwen2_lib.from_bits(x[i]), dtype), layers)
+          for i in range(n)]
 
 
 @functools.partial(jax.jit, static_argnames=('dtype',))
 def _head_copy(embedding, dtype):
-  return _cast(embedding.T, dtype)
+  return _cast(qwen2_lib.from_bits(embedding).T, dtype)
 
 
 def sampling_params(params, dtype=jnp.bfloat16, unroll_layers='auto'):

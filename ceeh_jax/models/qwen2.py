@@ -71,6 +71,31 @@ _REMAT = {
 }
 
 
+# Stored as bits when frozen (a LoRA run's base: `policy.load_base`): the layer stack, which
+# the layer scan slices, and the embedding table, whose rows are gathered.
+BITS_KEYS = ('layers', 'embedding')
+
+
+def to_bits(x):
+  """A bf16 weight as its uint16 bit pattern (other dtypes unchanged), for weights that are
+  not differentiated.
+
+  XLA:CPU has no bf16 slicing or gathering: slicing a bf16 [L, ...] stack in the layer scan,
+  or gathering rows of a bf16 embedding, converts the whole array to fp32, and the convert,
+  loop-invariant, is hoisted out of the loop: an fp32 copy of every frozen weight as temp
+  (6.6 GB of layers and 0.9 GB of embedding at the 1.5B shape, in the train step and in each
+  decode). Slices and rows of the bits are read back as bf16 (`from_bits`) with the same values
+  on every backend. Inside a jitted program the bitcast of a whole stack is itself a copy:
+  store the bits (BITS_KEYS), do not make them per call.
+  """
+  return jax.lax.bitcast_convert_type(x, jnp.uint16) if x.dtype == jnp.bfloat16 else x
+
+
+def from_bits(x):
+  """A param as stored, or a bf16 one stored by `to_bits` read back as bf16."""
+  return jax.lax.bitcast_convert_type(x, jnp.bfloat16) if x.dtype == jnp.uint16 else x
+
+
 def _init(std=0.02):
   return nn.initializers.normal(stddev=std)
 
@@ -100,8 +125,8 @@ class Proj(nn.Module):
 
   @nn.compact
   def __call__(self, x, lora_on: bool = True):
-    kernel = self.param('kernel', nn.with_logical_partitioning(_init(), self.kernel_axes),
-                        self.kernel_shape, self.param_dtype)
+    kernel = from_bits(self.param('kernel', nn.with_logical_partitioning(_init(), self.kernel_axes),
+                               self.kernel_shape, self.param_dtype))
     in_shape, out_shape = self.kernel_shape[:self.num_in], self.kernel_shape[self.num_in:]
     n_in, n_out = math.prod(in_shape), math.prod(out_shape)
     lead = x.shape[:x.ndim - self.num_in]
@@ -109,8 +134,9 @@ class Proj(nn.Module):
     y = _matmul(xf, kernel.reshape(n_in, n_out).astype(self.dtype)).reshape(lead + out_shape)
     if self.use_bias:
       out_axes = self.kernel_axes[self.num_in:]
-      bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, out_axes),
-                        out_shape, self.param_dtype)
+      bias = from_bits(self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros,
+                                                                     out_axes),
+                               out_shape, self.param_dtype))
       y = y + bias.astype(self.dtype)
     if self.lora_rank:
       a = self.param('lora_a', nn.with_logical_partitioning(_init(1 / n_in ** 0.5), (None, None)),
@@ -131,8 +157,9 @@ class RMSNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    scale = self.param('scale', nn.with_logical_partitioning(nn.initializers.ones, ('norm',)),
-                       (x.shape[-1],), self.param_dtype)
+    scale = from_bits(self.param('scale', nn.with_logical_partitioning(nn.initializers.ones,
+                                                                    ('norm',)),
+                              (x.shape[-1],), self.param_dtype))
     xf = x.astype(jnp.float32)
     xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
     return scale.astype(self.dtype) * xf.astype(self.dtype)
@@ -359,7 +386,8 @@ class Qwen2(nn.Module):
 
     embedding = self.param('embedding', nn.with_logical_partitioning(_init(), ('vocab', 'embed')),
                            (cfg.vocab_size, cfg.embed_dim), cfg.param_dtype)
-    x = jnp.take(embedding, tokens, axis=0).astype(cfg.dtype)
+    # Rows gathered as stored (bits of a frozen bf16 table: `to_bits`), then read as floats.
+    x = from_bits(jnp.take(embedding, tokens, axis=0)).astype(cfg.dtype)
     x = sharding_lib.constrain(x, ('act_batch', 'act_length', 'act_embed'))
     sin, cos = rope_angles(positions, cfg.head_dim, cfg.rope_theta)
 
@@ -397,7 +425,7 @@ class Qwen2(nn.Module):
     if return_hidden:
       out = x
     elif cfg.tie_embeddings:
-      out = jnp.einsum('BTD,VD->BTV', x, embedding.astype(cfg.dtype),
+      out = jnp.einsum('BTD,VD->BTV', x, from_bits(embedding).astype(cfg.dtype),
                        preferred_element_type=jnp.float32)
     else:
       head = self.param('lm_head', nn.with_logical_partitioning(_init(), ('embed', 'vocab')),
@@ -412,7 +440,7 @@ class Qwen2(nn.Module):
 def unembedding(params, config: QwenConfig):
   """The [D, V] output projection (the transposed embedding when tied)."""
   if config.tie_embeddings:
-    return params['embedding'].T
+    return from_bits(params['embedding']).T
   return params['lm_head']
 
 
