@@ -25,6 +25,6 @@ def test_tiny_plan_on_8_devices_has_positive_numbers_and_a_row():
 
 
 def test_fits_thresholds():
-  assert memory_plan.fits(14.0) == 'TPU v5e-8, TPU v4-8, 8xH100'
-  assert memory_plan.fits(20.0) == 'TPU v4-8, 8xH100'
+  assert memory_plan.fits(14.0) == 'TPU v5e-8, 8xH100, TPU v4-16'
+  assert memory_plan.fits(20.0, devices=4) == 'TPU v4-8, TPU v5p-8'
   assert memory_plan.fits(75.0) == 'none'
