@@ -20,7 +20,9 @@ With `scan_layers=False` each layer has its own subtree `layer_{i}` (the same na
 axis); `unstack_layers` / `stack_layers` convert.
 
 Three attention modes, picked statically:
-  * no cache: causal self-attention over the T tokens (training, scoring);
+  * no cache: causal self-attention over the T tokens (training, scoring), by the kernel
+    `QwenConfig.attention` names (attention.py: splash on TPU, cuDNN on GPU, blocked JAX
+    flash attention elsewhere);
   * prefill (cache given, T > 1): the same, and the keys/values are written to cache[:, :T];
   * decode (cache given, T == 1): the new key/value is written at `cache_end`, and the query
     attends to the live part [0, cache_end] chunk by chunk (online softmax), so one step costs
