@@ -153,24 +153,25 @@ def _kv_note(load_config):
     tokens = 1024 + config.sampling.max_new_tokens
     per_token = m.num_layers * 2 * m.num_kv_heads * m.head_dim * 2
     rows = config.batch_size * config.sampling.num_samples
-    parts.append(f'`{name}` {per_token / 1024:.0f} KiB a token ({m.num_layers} layers, '
+    parts.append(f'  * `{name}`: {per_token / 1024:.0f} KiB a token ({m.num_layers} layers, '
                  f'{m.num_kv_heads} KV heads), {per_token * tokens / mp.GIB:.2f} GiB a row at '
-                 f'{tokens:,} tokens, {per_token * tokens * rows / mp.GIB:.0f} GiB for all '
-                 f'{rows} rows')
-  return '; '.join(parts)
+                 f'{tokens:,} tokens,\n    {per_token * tokens * rows / mp.GIB:.0f} GiB for '
+                 f'all {rows} rows.')
+  return '\n'.join(parts)
 
 
 NOTES = """\
 ## Reading it
 
 * The KV cache is rows x (1,024 + M) x layers x 2 x kv_heads x head_dim x 2 bytes (bf16):
-  {kv}. That is more than any 8-device target holds: `sampling.rows_per_chunk` bounds the
-  rows decoded together (each chunk's cache is freed before the next; rows stay
+{kv}
+  All rows at once is more than the smaller targets hold: `sampling.rows_per_chunk` bounds
+  the rows decoded together (each chunk's cache is freed before the next; rows stay
   prompt-major), at the cost of more sequential decode calls per rollout.
 * The train step's temp is dominated by the activations the backward pass keeps: the layer
   inputs (remat `full`: 3 KiB a token a layer at 1.5B, 7 KiB at 7B) plus, with the save_*
   policies, the named bf16 projections. The recipe's earlier `dots_no_batch` kept every
   projection's fp32 accumulation and LoRA's fp32 delta (~82 KiB a token a layer), and a
   4-row micro-batch was padded to 8 rows on 8 devices.
-* A target marked **no** is named in its config's docstring with the setting that fits it.
+* Every target marked **no** is named in its config's docstring, with what fits instead.
 """

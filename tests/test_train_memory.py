@@ -4,6 +4,8 @@ chunked rollouts return the rows of one call."""
 import contextlib
 import functools
 import io
+import os
+import tempfile
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -197,6 +199,19 @@ class RowChunksTest(parameterized.TestCase):
     self.assertLen({n for n, _, _ in calls}, 1)             # one shape: one compilation
     self.assertEqual({b for _, b, _ in calls}, {32})         # the bucket of the longest prompt
     self.assertLen({k.tobytes() for _, _, k in calls}, n_calls)  # a fresh key per chunk
+
+  def test_trainer_runs_with_row_chunks(self):
+    """Two trainer steps with 16-row rollouts decoded 8 rows at a time (and the 8-prompt
+    eval in one chunk)."""
+    import train_util  # pylint: disable=g-import-not-at-top
+    from ceeh_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+    # (create_tempdir needs absl flags parsed, which plain pytest does not do)
+    tmp = self.enter_context(tempfile.TemporaryDirectory())
+    config = train_util.small_config(tmp, total_steps=2)
+    config.sampling.rows_per_chunk = 8
+    record = train_lib.train_and_evaluate(config, os.path.join(tmp, 'w'))
+    self.assertEqual(record['step'], 2)
+    self.assertBetween(record['length'], 1, config.sampling.max_new_tokens)
 
   def test_config_check_names_a_bad_rows_per_chunk(self):
     c = _config(micro=8)
