@@ -67,7 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.sampling.unroll_layers = ml_collections.FieldReference('auto', field_type=object)
   # Rows (prompts x num_samples) decoded at once; 0 = the whole batch in one call. Bounds the
   # KV cache, rows x (prompt + max_new_tokens) x 2 x layers x kv_heads x head_dim x 2 bytes
-  # (0.6 GB a row for the 1.5B at 21.5k tokens): a multiple of num_samples and of the data
+  # (0.57 GiB a row for the 1.5B at 21.5k tokens): a multiple of num_samples and of the data
   # axes that divides batch_size x num_samples. See experiments/memory_plans.md.
   c.sampling.rows_per_chunk = 0
   c.sampling.eval_temperature = 0.6

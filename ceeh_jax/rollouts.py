@@ -85,8 +85,8 @@ def generate_in_chunks(generate, prompts, rng, *, group_size: int, rows_per_chun
   """Rollout of all prompts, decoding at most `rows_per_chunk` rows (prompts x G) at a time.
 
   `generate(prompts, rng, bucket)` -> Rollout is one sampler call. The KV cache is the
-  sampler's largest buffer, rows x (P + M) x 28 KiB at the 1.5B shape (~0.6 GB a row at
-  P + M = 21.5k, 231 GB for the recipe's 384 rows): chunks bound it, one chunk's cache
+  sampler's largest buffer, rows x (P + M) x 28 KiB at the 1.5B shape (0.57 GiB a row at
+  P + M = 21.5k, 220 GiB for the recipe's 384 rows): chunks bound it, one chunk's cache
   being freed before the next is made (`config.sampling.rows_per_chunk`; 0 = all rows in one
   call). Rows come back prompt-major as from one call; chunk i samples with
   fold_in(rng, i), so a chunked run draws other samples than an unchunked one. Every chunk has

@@ -103,11 +103,17 @@ def constrain(x, logical_axes):
   padded to 8 identical rows; with ('act_batch', 'act_length') the sequence is split. A no-op
   outside `use` (no mesh or no rules).
   """
+  spec = current_spec(logical_axes, x.shape)
+  return x if spec is None else jax.lax.with_sharding_constraint(x, spec)
+
+
+def current_spec(logical_axes, shape) -> P | None:
+  """`spec_for` under the mesh and rules being traced (`use`); None outside them."""
   mesh = jax.sharding.get_abstract_mesh()
   rules = nn.get_logical_axis_rules()
   if mesh.empty or not rules:
-    return x
-  return jax.lax.with_sharding_constraint(x, spec_for(logical_axes, x.shape, mesh, rules))
+    return None
+  return spec_for(logical_axes, shape, mesh, rules)
 
 
 def tree_shardings(boxed_tree, mesh: Mesh, rules=DEFAULT_RULES):

@@ -1,14 +1,24 @@
 r"""CEEH on DeepSeek-R1-Distill-Qwen-7B.
 
-Launch (TPU v4-8 / v5e-8 or 8x H100), weights on local disk:
+Launch on an 8x H100 80GB box, a TPU v5p-8 (4 chips x 95 GiB) or a TPU v4-16 (8 chips x
+32 GiB, two hosts), weights on local disk:
 
   python -m ceeh_jax.main --config=configs/r1_7b.py --workdir=runs/r1_7b_ceeh \
       --config.model.hf_dir=/ckpt/DeepSeek-R1-Distill-Qwen-7B \
       --config.data.train=/data/deepscaler.jsonl
 
-LoRA r32 by default (the 7B full fine-tune needs ~16 bytes/param of optimizer + master state:
-see README "Memory plans"). Mesh (1, 4, 2): FSDP 4 x tensor 2 (7B has 4 KV heads, so
-tensor = 2 splits them evenly).
+Memory (experiments/memory_plans.md, XLA:CPU, +-30%): LoRA r32 at 20,480 response tokens,
+32 prompts x 12 samples peaks at 26.8 GiB a device on 8 devices (8x H100: 33%; v4-16: 84% of
+32 GiB) and 50.4 GiB on a v5p-8's 4 devices (53%), with remat 'full', micro-batches of one
+21.5k-token row per device, FSDP over all devices and rollouts decoded 48 rows at a time
+(`sampling.rows_per_chunk`; the KV cache is 0.14 GiB a row a device on 8 devices, all 384
+rows at once need 75 GiB a device: no target holds that). A TPU v5e-8 (16 GiB) or v4-8 (4 x
+32 GiB) does not fit this model at these lengths: the plan's 8- and 4-device train steps
+alone need 26.8 and 50.4 GiB a device.
+
+The full fine-tune (`--config.model.lora_rank=0`, ~16 bytes a parameter of master weights and
+Adam moments) peaks at 38.1 GiB on 8 devices (8x H100: yes; v4-16: no, 119%) and 73.6 GiB on
+a v5p-8 (77%).
 
 Expect (paper): similar accuracy to the base model with 30-40% fewer tokens on AIME/MATH-500.
 """
@@ -36,14 +46,16 @@ def get_config(arg=None):
   c.sampling.temperature = 0.6
   c.sampling.top_p = 1.0
   c.sampling.max_new_tokens = 20480
+  c.sampling.rows_per_chunk = 48       # rollout decoded 48 rows at a time: bounds the KV cache
   # Batching
   c.batch_size = 32
   c.minibatch_size = 96
-  c.micro_batch_size = 2
+  c.micro_batch_size = 8               # one 21.5k-token row per device on 8 devices
   # Optimizer
   c.optim.lr = 3e-5
-  # Mesh
-  c.mesh.shape = (1, 4, 2)
+  # Mesh: FSDP over all devices (tensor parallel (1, 4, 2) keeps 2 rows' residual stream per
+  # device: 35.6 vs 26.8 GiB train step on 8 devices, see experiments/memory_plans.md).
+  c.mesh.shape = (1, -1, 1)
   # Loop
   c.total_steps = 500
   c.eval_every = 50

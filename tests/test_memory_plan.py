@@ -31,8 +31,8 @@ class MemoryPlanTest(absltest.TestCase):
     self.assertIn('TPU v5e-8', cells[-2])  # a tiny model fits everywhere
 
   def test_fits_thresholds(self):
-    self.assertEqual(memory_plan.fits(14.0), 'TPU v5e-8, TPU v4-8, 8xH100')
-    self.assertEqual(memory_plan.fits(20.0), 'TPU v4-8, 8xH100')
+    self.assertEqual(memory_plan.fits(14.0), 'TPU v5e-8, 8xH100, TPU v4-16')
+    self.assertEqual(memory_plan.fits(20.0, devices=4), 'TPU v4-8, TPU v5p-8')
     self.assertEqual(memory_plan.fits(75.0), 'none')
 
 

@@ -20,7 +20,9 @@ With `scan_layers=False` each layer has its own subtree `layer_{i}` (the same na
 axis); `unstack_layers` / `stack_layers` convert.
 
 Three attention modes, picked statically:
-  * no cache: causal self-attention over the T tokens (training, scoring);
+  * no cache: causal self-attention over the T tokens (training, scoring), by the kernel
+    `QwenConfig.attention` names (attention.py: splash on TPU, cuDNN on GPU, blocked JAX
+    flash attention elsewhere);
   * prefill (cache given, T > 1): the same, and the keys/values are written to cache[:, :T];
   * decode (cache given, T == 1): the new key/value is written at `cache_end`, and the query
     attends to the live part [0, cache_end] chunk by chunk (online softmax), so one step costs
@@ -101,7 +103,7 @@ def _init(std=0.02):
 
 
 def _matmul(x, w):
-  """x [rows, in] · w [in, out] in x's dtype, accumulated in fp32 (as the MXU does): for bf16
+  """x [..., in] · w [in, out] in x's dtype, accumulated in fp32 (as the MXU does): for bf16
   XLA:CPU otherwise converts both operands to f32 around the dot (5.7x slower at 32 rows)."""
   return jnp.dot(x, w, preferred_element_type=jnp.float32).astype(x.dtype)
 
@@ -111,8 +113,12 @@ class Proj(nn.Module):
 
   The kernel contracts the last `num_in` dims of x (e.g. [D] -> [N, H] for q, [N, H] -> [D]
   for o). It runs as one 2D matmul [rows, in] x [in, out] (leading dims and head dims
-  flattened, free reshapes): as a multi-batch-dim einsum, XLA:CPU transposed the activations
-  for every weight-gradient dot (~half of a tiny train step).
+  flattened, free reshapes): with the leading dims kept, XLA:CPU transposed the activations
+  for every weight-gradient dot (~half of a tiny train step). Except when the sequence is
+  split over devices (a micro-batch with fewer rows than the batch axes, `sharding.constrain`):
+  merging the replicated rows with a split sequence is no tiling of [rows], and the
+  partitioner gathered the whole micro-batch on every device (1.5B, 4 rows on 8 devices,
+  2k tokens: 38 GiB temp instead of 6); then the dot keeps [B, T].
   """
   kernel_shape: tuple[int, ...]
   kernel_axes: tuple[str, ...]
@@ -130,7 +136,9 @@ class Proj(nn.Module):
     in_shape, out_shape = self.kernel_shape[:self.num_in], self.kernel_shape[self.num_in:]
     n_in, n_out = math.prod(in_shape), math.prod(out_shape)
     lead = x.shape[:x.ndim - self.num_in]
-    xf = x.reshape(-1, n_in).astype(self.dtype)                           # [rows, in]
+    spec = sharding_lib.current_spec(('act_batch', 'act_length'), lead[:2])
+    split_sequence = len(lead) == 2 and spec is not None and spec[1] is not None
+    xf = x.reshape(lead + (n_in,) if split_sequence else (-1, n_in)).astype(self.dtype)
     y = _matmul(xf, kernel.reshape(n_in, n_out).astype(self.dtype)).reshape(lead + out_shape)
     if self.use_bias:
       out_axes = self.kernel_axes[self.num_in:]
