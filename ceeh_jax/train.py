@@ -237,7 +237,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   def informative(d: Draw, state, step) -> np.ndarray:
     inputs = methods_lib.RewardInputs(correct=d.correct, boxed=d.boxed, lengths=d.lengths,
-                                      truncated=d.truncated, qids=np.repeat(d.idx, g))
+                                      truncated=d.truncated, qids=np.repeat(d.idx, g),
+                                      shaping=steps_lib.overlong_shaping(config, d.lengths))
     return methods_lib.informative(config.method, hparams, inputs, state.difficulty['method'],
                                    step, group_size=g)
 
@@ -331,7 +332,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                    'time/train': t4 - t3, 'tokens_per_s': n_tokens / max(t1 - t0, 1e-9),
                    'prompts_truncated': n_trunc, 'updates_skipped_total': skipped,
                    'temperature': temperature})
-    if evals and config.eval_every and (step + 1) % config.eval_every == 0:
+    # The last step's eval is the final one below (same draws as the base eval's).
+    if (evals and config.eval_every and (step + 1) % config.eval_every == 0
+        and step + 1 < config.total_steps):
       record.update(evaluate_slice(state.params, evals, eval_prompts, config, rollout, tokenizer,
                                    grader, jax.random.fold_in(sample_key, 1)))
     record = writer.write(step + 1, record)
