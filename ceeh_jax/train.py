@@ -393,7 +393,10 @@ def split_metrics(prefix, examples, g, correct, lengths, logps, mask) -> dict:
   out = {}
   for name, sel in (('', np.ones_like(hard)), ('/easy', ~hard), ('/hard', hard)):
     if sel.any() and (name == '' or has_split):
+      per_q = correct[sel].reshape(-1, g).mean(1)  # a question's G samples are not independent
       out.update({f'{prefix}{name}/acc': float(correct[sel].mean()),
+                  f'{prefix}{name}/acc_se': float(per_q.std(ddof=1) / np.sqrt(per_q.size))
+                                            if per_q.size > 1 else float('nan'),
                   f'{prefix}{name}/length': float(lengths[sel].mean()),
                   f'{prefix}{name}/entropy': float(ent[sel].mean())})
       if g > 1:  # unbiased pass@G over each question's G samples
@@ -403,15 +406,23 @@ def split_metrics(prefix, examples, g, correct, lengths, logps, mask) -> dict:
 
 
 def report_table(base: dict, final: dict) -> str:
-  """Base policy vs trained policy, per split: the default job's closing table."""
+  """Base policy vs trained policy, per split: the default job's closing table.
+
+  ACC ± its standard error over questions (the noise to read a change against).
+  """
   rows = ['| split | ACC base | ACC final | LEN base | LEN final | entropy base | entropy final |',
           '| --- | ---: | ---: | ---: | ---: | ---: | ---: |']
+  nan = float('nan')
+
+  def acc(rec, k):
+    se = rec.get(f'{k}/acc_se', nan)
+    return f"{rec.get(f'{k}/acc', nan):.3f}" + (f' ± {se:.3f}' if np.isfinite(se) else '')
+
   for split in ('', '/easy', '/hard'):
     k = f'eval{split}'
     if f'{k}/acc' not in final:
       continue
-    rows.append(f"| {split.strip('/') or 'all'} | {base.get(f'{k}/acc', float('nan')):.3f} | "
-                f"{final[f'{k}/acc']:.3f} | {base.get(f'{k}/length', float('nan')):.1f} | "
-                f"{final[f'{k}/length']:.1f} | {base.get(f'{k}/entropy', float('nan')):.3f} | "
-                f"{final[f'{k}/entropy']:.3f} |")
+    rows.append(f"| {split.strip('/') or 'all'} | {acc(base, k)} | {acc(final, k)} | "
+                f"{base.get(f'{k}/length', nan):.1f} | {final[f'{k}/length']:.1f} | "
+                f"{base.get(f'{k}/entropy', nan):.3f} | {final[f'{k}/entropy']:.3f} |")
   return '\n'.join(rows)
