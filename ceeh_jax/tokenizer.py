@@ -73,9 +73,10 @@ class EncodeError(errors.UserError, ValueError):
   """A text the tokenizer cannot encode (e.g. a word-level vocabulary without an unknown
   token); `index` is its position in the list given to `encode_prompts`."""
 
-  def __init__(self, message: str, index: int):
-    super().__init__(message)
-    self.index = index
+  def __init__(self, index: int, reason: str, text: str):
+    shown = f'{text[:80]!r}{"..." if len(text) > 80 else ""}'
+    super().__init__(f'the tokenizer cannot encode text {index} ({reason}): {shown}')
+    self.index, self.reason, self.shown = index, reason, shown
 
 
 def encode_prompts(tokenizer, texts: Sequence[str]) -> list[list[int]]:
@@ -105,9 +106,7 @@ def _encode_one(tokenizer, text: str, index: int) -> list[int]:
   try:
     return tokenizer(text, add_special_tokens=False)['input_ids']
   except Exception as e:  # noqa: BLE001 - the tokenizers library raises plain Exception
-    reason = ' '.join(str(e).split())[:200] or type(e).__name__
-    raise EncodeError(f'the tokenizer cannot encode text {index} ({reason}): '
-                      f'{text[:80]!r}{"..." if len(text) > 80 else ""}', index) from None
+    raise EncodeError(index, ' '.join(str(e).split())[:200] or type(e).__name__, text) from None
 
 
 def stop_ids(tokenizer) -> list[int]:
