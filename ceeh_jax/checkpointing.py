@@ -3,10 +3,12 @@
 Multi-host: every process calls save/restore (orbax writes each process's shards and lets
 process 0 write the metadata); `<workdir>` must be one directory all processes see.
 
-Layout under `<workdir>/checkpoints/<step>/`: `state` (the TrainState pytree) and `meta`
-(JSON: data-iterator state, training-set fingerprint, config). Restore walks back from the
-newest step to the first one that loads, warning about each broken one, so a checkpoint
-truncated by a kill costs one interval, never the run.
+Layout under `<workdir>/checkpoints/<step>/`: `state` (the saved pytree) and `meta` (JSON:
+data-iterator state, training-set fingerprint, config, and `state_checksums`, a content
+checksum per array of the saved state; see checksum.py). Restore walks back from the newest
+step to the first one that loads and whose arrays match their checksums, warning about each
+broken one and setting it aside, so a checkpoint truncated by a kill or corrupted in place
+costs one interval, never the run.
 """
 import json
 import logging
@@ -17,6 +19,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from ceeh_jax import checksum as checksum_lib
 from ceeh_jax import distributed as dist_lib
 from ceeh_jax import errors
 
@@ -25,6 +28,29 @@ log = logging.getLogger(__name__)
 
 class DataMismatchError(errors.UserError, RuntimeError):
   """The checkpoint was written for a different (or reordered) training set."""
+
+
+CHECKSUMS_KEY = 'state_checksums'
+
+
+class ChecksumMismatch(RuntimeError):
+  """A checkpoint's arrays differ from the checksums recorded when it was saved."""
+
+
+def verify_checksums(meta: dict, state, where: str) -> None:
+  """Raises ChecksumMismatch when `state` differs from the checksums saved in `meta`.
+
+  A checkpoint saved before checksums existed (no CHECKSUMS_KEY), or by another checksum
+  algorithm, is accepted unverified. A collective on a multi-host state (every process
+  computes the same verdict).
+  """
+  saved = meta.get(CHECKSUMS_KEY)
+  if not saved or saved.get('algorithm') != checksum_lib.ALGORITHM:
+    return
+  bad = checksum_lib.mismatches(saved.get('leaves', {}), checksum_lib.tree_checksums(state))
+  if bad:
+    raise ChecksumMismatch(f'{len(bad)} array(s) in {where} differ from the checksums saved '
+                           f'with them (first: {bad[0]}); the files changed after the save')
 
 
 class Checkpointer:
@@ -38,6 +64,9 @@ class Checkpointer:
                                          item_names=('state', 'meta'))
 
   def save(self, step: int, state, meta: dict[str, Any], force: bool = True) -> None:
+    """Saves `state` (any pytree of arrays) with `meta` plus the checksums of its arrays."""
+    meta = dict(meta, **{CHECKSUMS_KEY: {'algorithm': checksum_lib.ALGORITHM,
+                                         'leaves': checksum_lib.tree_checksums(state)}})
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                     meta=ocp.args.JsonSave(meta)), force=force)
 
@@ -54,7 +83,8 @@ class Checkpointer:
     `abstract_state` is a pytree of ShapeDtypeStructs (with shardings) shaped like the state.
     `check_meta(meta)` runs on a checkpoint's metadata before its state is read, and may raise
     (e.g. DataMismatchError) to refuse it. A checkpoint that fails to load (truncated or
-    deleted files) is skipped with a warning and the previous one is tried.
+    deleted files) or whose arrays differ from their saved checksums (bytes changed in place)
+    is skipped with a warning, set aside in checkpoints_corrupt/, and the previous one tried.
     """
     candidates = [step] if step is not None else list(reversed(self.steps()))
     broken = []
@@ -71,6 +101,7 @@ class Checkpointer:
       try:
         restored = self.manager.restore(s, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state)))
+        verify_checksums(meta, restored['state'], self.step_dir(s))
       except Exception as e:  # noqa: BLE001 - any failure means "this step is unusable"
         self._warn(s, e)
         broken.append(s)
@@ -95,11 +126,17 @@ class Checkpointer:
     dist_lib.barrier('ceeh_checkpoint_set_aside')
     self.manager.reload()
 
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
   def _warn(self, step, e):
-    log.warning('checkpoint step %d in %s is unreadable (%s: %s); trying an older one',
-                step, self.directory, type(e).__name__, str(e)[:300])
-    print(f'WARNING: checkpoint step {step} in {self.directory} is unreadable '
-          f'({type(e).__name__}); falling back to an older one', flush=True)
+    what = 'is corrupted' if isinstance(e, ChecksumMismatch) else 'is unreadable'
+    detail = ' '.join(str(e).split())[:300]  # one line
+    log.warning('checkpoint step %d (%s) %s (%s: %s); trying an older one', step,
+                self.step_dir(step), what, type(e).__name__, detail)
+    print(f'WARNING: checkpoint step {step} ({self.step_dir(step)}) {what} '
+          f'({type(e).__name__}: {detail}); moving it to {self.directory}_corrupt/ and '
+          'falling back to an older one', flush=True)
 
   def close(self) -> None:
     self.manager.wait_until_finished()

@@ -5,7 +5,10 @@ A source is a path (`.jsonl`, `.json` holding a list of objects, `.parquet`),
 vendored benchmark in `data/` (BENCHMARKS). Rows become `Example(id, problem, answer, meta)`;
 `field_map` renames the file's keys (dotted paths reach into nested objects, and `id: None`
 numbers the rows `<stem>-<index>`). A malformed row raises DataError naming the file and the
-1-based line (JSONL) or row; with `on_error='skip'` it is dropped and counted by reason.
+1-based line (JSONL) or row; with `on_error='skip'` it is dropped and counted by reason. No
+bytes can crash the loader: nesting too deep for the JSON parser, numbers too long to convert,
+invalid UTF-8, lone surrogates, a byte-order mark, a truncated last line each become one of
+REASONS (tests/test_loader_fuzz.py feeds it thousands of random and hostile rows).
 """
 import collections
 import dataclasses
@@ -30,8 +33,9 @@ BENCHMARKS = {
     'deepscaler2k': 'deepscaler_sample2k.jsonl',
     'deepscaler_sample2k': 'deepscaler_sample2k.jsonl',
 }
-REASONS = ('bad_json', 'bad_utf8', 'not_object', 'missing_field', 'empty_field', 'wrong_type',
-           'duplicate_id', 'problem_too_long')
+REASONS = ('bad_json', 'bad_utf8', 'too_deep', 'bad_number', 'not_object', 'missing_field',
+           'empty_field', 'wrong_type', 'duplicate_id', 'problem_too_long', 'bad_value')
+_BOM = b'\xef\xbb\xbf'
 _FIELDS = ('id', 'problem', 'answer')
 _TFDS = re.compile(r'tfds:(?P<name>[^:\[]+(?::\d+(?:\.\d+)*)?)(?::(?P<split>.+))?$')
 
@@ -74,12 +78,24 @@ def resolve(source: str) -> str:
   return str(DATA_DIR / BENCHMARKS[source]) if source in BENCHMARKS else str(source)
 
 
+def _parse_json(text: str):
+  """json.loads, with each way it can fail on hostile text as a _RowError."""
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError as e:
+    return _RowError('bad_json', f'invalid JSON ({e.msg} at column {e.colno})')
+  except RecursionError:  # e.g. [[[[...]]]] 100,000 deep: the parser recurses per level
+    return _RowError('too_deep', 'JSON nested too deeply to parse')
+  except ValueError as e:  # e.g. an integer over Python's 4,300-digit conversion limit
+    return _RowError('bad_number', f'unreadable number ({" ".join(str(e).split())[:120]})')
+
+
 def _jsonl_rows(path: pathlib.Path) -> Iterator[tuple[str, Any]]:
   with open(path, 'rb') as f:
     for lineno, raw in enumerate(f, 1):
       where = f'{path}:{lineno}'
-      if lineno == 1 and raw.startswith(b'\xef\xbb\xbf'):  # UTF-8 byte-order mark
-        raw = raw[3:]
+      if raw.startswith(_BOM):  # UTF-8 byte-order mark (any line: concatenated files)
+        raw = raw[len(_BOM):]
       if not raw.strip():
         continue  # blank lines (a trailing newline) are not rows
       try:
@@ -87,20 +103,23 @@ def _jsonl_rows(path: pathlib.Path) -> Iterator[tuple[str, Any]]:
       except UnicodeDecodeError as e:
         yield where, _RowError('bad_utf8', f'invalid UTF-8 at byte {e.start} of the line')
         continue
-      try:
-        yield where, json.loads(text)
-      except json.JSONDecodeError as e:
-        yield where, _RowError('bad_json', f'invalid JSON ({e.msg} at column {e.colno})')
+      yield where, _parse_json(text)
 
 
 def _json_rows(path: pathlib.Path) -> Iterator[tuple[str, Any]]:
   raw = path.read_bytes()
   try:
-    rows = json.loads(raw.decode('utf-8-sig'))
+    text = raw.decode('utf-8-sig')
   except UnicodeDecodeError as e:
     raise DataError(f'{path}: invalid UTF-8 at byte {e.start}') from None
+  try:
+    rows = json.loads(text)
   except json.JSONDecodeError as e:
     raise DataError(f'{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})') from None
+  except RecursionError:  # the file is one JSON value: nothing to skip
+    raise DataError(f'{path}: JSON nested too deeply to parse') from None
+  except ValueError as e:  # an integer over Python's 4,300-digit conversion limit
+    raise DataError(f'{path}: unreadable number ({" ".join(str(e).split())[:120]})') from None
   if not isinstance(rows, list):
     raise DataError(f'{path}: a .json source must hold a list of objects, not a '
                     f'{type(rows).__name__} (use .jsonl for one object per line)')
@@ -173,10 +192,7 @@ def _as_text(value, key: str, ours: str) -> str:
     if ours == 'problem' or (ours == 'id' and not isinstance(value, numbers.Integral)):
       raise _RowError('wrong_type', f'field {key!r} has type {type(value).__name__}, expected '
                       f'a string{" or an integer" if ours == "id" else ""}')
-    if not math.isfinite(value):
-      raise _RowError('wrong_type', f'field {key!r} is {value}, expected a finite number')
-    # amc answers come as 27.0: an integral float is written as the integer.
-    value = str(int(value)) if float(value).is_integer() else repr(float(value))
+    value = _number_text(value, key)
   if not value.strip():
     raise _RowError('empty_field', f'field {key!r} is empty')
   try:
@@ -185,6 +201,20 @@ def _as_text(value, key: str, ours: str) -> str:
     raise _RowError('bad_utf8', f'field {key!r} holds a lone surrogate (\\ud800-style '
                     'escape), which is not text') from None
   return value
+
+
+def _number_text(value, key: str) -> str:
+  """An int as its digits (never through float: 10**400 overflows it); amc answers come as
+  27.0, so an integral float is written as the integer."""
+  try:
+    if isinstance(value, numbers.Integral):
+      return str(int(value))
+    value = float(value)
+    if not math.isfinite(value):
+      raise _RowError('wrong_type', f'field {key!r} is {value}, expected a finite number')
+    return str(int(value)) if value.is_integer() else repr(value)
+  except (ValueError, OverflowError) as e:  # over the int -> str digit limit
+    raise _RowError('bad_number', f'field {key!r}: unreadable number ({e})') from None
 
 
 def _example(row, index: int, fields: dict, stem: str, max_problem_chars) -> Example:
@@ -234,7 +264,12 @@ def load_examples(source: str, *, field_map: Mapping[str, str | None] | None = N
   stats = LoadStats(source=path)
   for where, row in _rows(path):
     try:
-      ex = _example(row, stats.rows, fields, stem, max_problem_chars)
+      try:
+        ex = _example(row, stats.rows, fields, stem, max_problem_chars)
+      except (ValueError, TypeError, OverflowError, RecursionError) as e:
+        # A value no check above foresaw (e.g. an exotic type from parquet or tfds): still
+        # this row's fault, so it is named or counted, never a crash.
+        raise _RowError('bad_value', f'{type(e).__name__}: {" ".join(str(e).split())[:200]}')
       if ex.id in first_seen:
         raise _RowError('duplicate_id', f'duplicate id {ex.id!r} (first at {first_seen[ex.id]})')
     except _RowError as e:

@@ -71,17 +71,18 @@ def main(argv):
 
 
 def run():
-  """`app.run(main)`, with user errors (errors.UserError) as one line and exit status 2.
+  """`app.run(main)`, with user errors (errors.UserError) as one line and exit status 2, run
+  failures (errors.RunError) as one line and exit status 1.
 
   `--verbosity=1` (or CEEH_DEBUG=1) keeps the traceback for debugging.
   """
   try:
     app.run(main)
-  except errors.UserError as e:
+  except (errors.UserError, errors.RunError) as e:  # RunError: the run failed, exit 1
     if os.environ.get('CEEH_DEBUG') or flags.FLAGS['verbosity'].value >= 1:
       raise
     print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    sys.exit(2 if isinstance(e, errors.UserError) else 1)
 
 
 if __name__ == '__main__':

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ceeh_jax import data as data_lib
 from ceeh_jax import errors
 from ceeh_jax import sampler as sampler_lib
 from ceeh_jax import sharding as sharding_lib
@@ -23,13 +24,48 @@ def encode_prompts(tokenizer, examples, *, instruction, think_prefix, max_tokens
   """Chat-formatted token ids per example -> (list[list[int]], number left-truncated).
 
   overflow='reject' raises naming the row; 'truncate' keeps the last `max_tokens` tokens (the
-  question's end and the generation prompt survive) and counts it.
+  question's end and the generation prompt survive) and counts it. A row the tokenizer cannot
+  encode raises DataError naming it.
+  """
+  _, out, truncated, _ = encode_examples(
+      tokenizer, examples, instruction=instruction, think_prefix=think_prefix,
+      max_tokens=max_tokens, overflow=overflow, source=source, on_error='raise')
+  return out, truncated
+
+
+def encode_examples(tokenizer, examples, *, instruction, think_prefix, max_tokens, overflow,
+                    source='data', on_error='raise'):
+  """-> (examples kept, their prompt ids, number left-truncated, number dropped).
+
+  Like `encode_prompts`; a row the tokenizer cannot encode is a DataError naming it under
+  on_error='raise', and is dropped (counted) under 'skip'.
   """
   if overflow not in ('reject', 'truncate'):
     raise ValueError(f"data.prompt_overflow must be 'reject' or 'truncate', got {overflow!r}")
   texts = [tokenizer_lib.build_prompt(tokenizer, ex.problem, instruction=instruction,
                                       think_prefix=think_prefix) for ex in examples]
-  ids = tokenizer_lib.encode_prompts(tokenizer, texts)
+  examples, dropped = list(examples), 0
+  try:
+    ids = tokenizer_lib.encode_prompts(tokenizer, texts)
+  except tokenizer_lib.EncodeError as e:
+    if on_error != 'skip':
+      raise data_lib.DataError(
+          f'{source}: row {e.index + 1} (id {examples[e.index].id!r}) cannot be encoded by the '
+          f'tokenizer ({e.reason}): prompt {e.shown}. Fix or drop the row, or set '
+          "data.on_error='skip' to skip such rows.") from None
+    # Row by row (the slow path, only when some row fails): keep what encodes.
+    kept, ids = [], []
+    for ex, text in zip(examples, texts):
+      try:
+        ids.append(tokenizer_lib.encode_prompts(tokenizer, [text])[0])
+        kept.append(ex)
+      except tokenizer_lib.EncodeError:
+        dropped += 1
+    if not kept:
+      raise data_lib.DataError(f'{source}: the tokenizer cannot encode any of its '
+                               f'{len(examples)} rows ({e})') from None
+    examples = kept
+    print(f'WARNING: skipped {dropped} rows of {source} that the tokenizer cannot encode')
   out, truncated = [], 0
   for row, (ex, toks) in enumerate(zip(examples, ids)):
     if len(toks) > max_tokens:
@@ -43,7 +79,7 @@ def encode_prompts(tokenizer, examples, *, instruction, think_prefix, max_tokens
     out.append(list(toks))
   if truncated:
     print(f'WARNING: {truncated} prompts of {source} were left-truncated to {max_tokens} tokens')
-  return out, truncated
+  return examples, out, truncated, dropped
 
 
 def make_batch(prompts, rollout: sampler_lib.Rollout, group_size: int, pad_id: int,

@@ -34,7 +34,7 @@ class TrainState:
   opt_state: Any         # optimizer state of the trainable subset
   difficulty: dict       # {'acc_h': f32[Q], 'len_x': f32[Q], 'method': {...history}}
   rng: jax.Array         # uint32[2] raw PRNG key data (portable through checkpoints)
-  skipped: jax.Array     # int32[]: updates skipped for non-finite loss/grads so far
+  skipped: jax.Array     # int32[]: updates skipped (non-finite loss, grads or result) so far
 
 
 @flax.struct.dataclass
@@ -322,6 +322,12 @@ def minibatch_loss(train_params, frozen, batch: Batch, temperature, it, *,
   return loss, aux, grads
 
 
+def all_finite(tree) -> jax.Array:
+  """bool[]: every floating-point leaf of `tree` is free of NaN and Inf."""
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves])) if leaves else jnp.bool_(True)
+
+
 def train_step(state: TrainState, batch: Batch, temperature, *, config: ml_collections.ConfigDict,
                model_cfg: QwenConfig, optimizer: optax.GradientTransformation):
   """PPO-clip (+ KL, − CEEH-ME entropy bonus) gradient step -> (state, metrics)."""
@@ -333,10 +339,13 @@ def train_step(state: TrainState, batch: Batch, temperature, *, config: ml_colle
   loss, aux, grads = minibatch_loss(train, frozen, batch, temperature, it, config=config,
                                     model_cfg=model_cfg)
   grad_norm = optax.global_norm(grads)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, new_opt = optimizer.update(grads, state.opt_state, train)
   new_train = optax.apply_updates(train, updates)
-  # A non-finite loss or gradient skips the update: params and optimizer state stay as they were.
+  # The update is skipped (params and optimizer state stay as they were) when the loss, the
+  # gradient, or the update's result is non-finite: a finite gradient through a corrupt
+  # optimizer state (NaN moments) would otherwise write NaN into the params.
+  finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(new_train)
+            & all_finite(new_opt))
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
   state = state.replace(params=merge_params(keep(new_train, train), frozen),
                         opt_state=keep(new_opt, state.opt_state),

@@ -12,6 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ceeh_jax import errors
+
 # DeepSeek's recommended instruction for math problems (R1 model card, "Usage Recommendations").
 DEFAULT_INSTRUCTION = 'Please reason step by step, and put your final answer within \\boxed{}.'
 THINK_PREFIX = '<think>\n'
@@ -67,20 +69,44 @@ def _adds_bos(tokenizer) -> bool:
   return bos is not None and len(ids) > 0 and ids[0] == bos
 
 
+class EncodeError(errors.UserError, ValueError):
+  """A text the tokenizer cannot encode (e.g. a word-level vocabulary without an unknown
+  token); `index` is its position in the list given to `encode_prompts`."""
+
+  def __init__(self, index: int, reason: str, text: str):
+    shown = f'{text[:80]!r}{"..." if len(text) > 80 else ""}'
+    super().__init__(f'the tokenizer cannot encode text {index} ({reason}): {shown}')
+    self.index, self.reason, self.shown = index, reason, shown
+
+
 def encode_prompts(tokenizer, texts: Sequence[str]) -> list[list[int]]:
   """Token ids of rendered prompts, with exactly one BOS when the tokenizer uses one.
 
   The R1 template already writes BOS as text, and encoding with special tokens would add a
   second; so texts are encoded without them and BOS is prepended only where it is missing.
+  The texts go to the tokenizer as one batch; if that fails they are encoded one by one, and
+  the first that fails raises EncodeError naming its index.
   """
   if isinstance(texts, str):
     raise TypeError('encode_prompts takes a list of texts, got a single str')
+  texts = list(texts)
   bos = tokenizer.bos_token_id if _adds_bos(tokenizer) else None
+  try:
+    batch = tokenizer(texts, add_special_tokens=False)['input_ids']
+  except Exception:  # noqa: BLE001 - find the text that fails and name it
+    batch = [_encode_one(tokenizer, text, i) for i, text in enumerate(texts)]
   out = []
-  for ids in tokenizer(list(texts), add_special_tokens=False)['input_ids']:
+  for ids in batch:
     ids = [int(i) for i in ids]
     out.append([bos] + ids if bos is not None and ids[:1] != [bos] else ids)
   return out
+
+
+def _encode_one(tokenizer, text: str, index: int) -> list[int]:
+  try:
+    return tokenizer(text, add_special_tokens=False)['input_ids']
+  except Exception as e:  # noqa: BLE001 - the tokenizers library raises plain Exception
+    raise EncodeError(index, ' '.join(str(e).split())[:200] or type(e).__name__, text) from None
 
 
 def stop_ids(tokenizer) -> list[int]:

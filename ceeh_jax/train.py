@@ -24,6 +24,7 @@ from ceeh_jax import checkpointing as ckpt_lib
 from ceeh_jax import config_check
 from ceeh_jax import data as data_lib
 from ceeh_jax import distributed as dist_lib
+from ceeh_jax import errors
 from ceeh_jax import grading as grading_lib
 from ceeh_jax import hf_io
 from ceeh_jax import methods as methods_lib
@@ -70,8 +71,12 @@ def take_groups(d: Draw, groups: np.ndarray, group_size: int) -> Draw:
               grades=[d.grades[i] for i in rows], correct=d.correct[rows], boxed=d.boxed[rows])
 
 
-class TooManySkippedUpdates(RuntimeError):
-  """Persistent NaN/Inf losses: the run stops instead of silently training on garbage."""
+class TooManySkippedUpdates(errors.RunError, RuntimeError):
+  """Persistent NaN/Inf updates: the run stops instead of silently training on garbage."""
+
+
+class BrokenFinalState(errors.RunError):
+  """The run ended with non-finite params or an eval accuracy collapsed to 0: not a success."""
 
 
 def build_model(config, mesh, rules):
@@ -106,16 +111,17 @@ def load_data(config, tokenizer, workdir):
   train, stats = data_lib.load_examples(train_src, field_map=field_map, on_error=d.on_error)
   if stats.skipped:
     print(f'data: skipped {stats.skipped} malformed rows of {d.train}: {stats.reasons}')
-  encode = functools.partial(rollouts_lib.encode_prompts, tokenizer,
+  # Row by row where a row fails: an unencodable row is named (or skipped, on_error='skip').
+  encode = functools.partial(rollouts_lib.encode_examples, tokenizer,
                              instruction=d.instruction, think_prefix=d.think_prefix,
-                             max_tokens=d.max_prompt_tokens, overflow=d.prompt_overflow)
-  train_prompts, n_trunc = encode(train, source=d.train)
+                             max_tokens=d.max_prompt_tokens, overflow=d.prompt_overflow,
+                             on_error=d.on_error)
+  train, train_prompts, n_trunc, _ = encode(train, source=d.train)
   evals, eval_prompts = [], []
   if d.eval and d.eval_size:
     evals, _ = data_lib.load_examples(synthetic.resolve_data(d.eval, workdir, config.seed),
                                       field_map=field_map, on_error=d.on_error)
-    evals = evals[:d.eval_size]
-    eval_prompts, _ = encode(evals, source=d.eval)
+    evals, eval_prompts, _, _ = encode(evals[:d.eval_size], source=d.eval)
   return train, train_prompts, evals, eval_prompts, n_trunc
 
 
@@ -310,10 +316,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     skipped = int(state.skipped)
     if skipped > config.max_skipped_updates:
       raise TooManySkippedUpdates(
-          f'{skipped} updates had a non-finite loss or gradient (limit '
+          f'{skipped} updates had a non-finite loss, gradient or result (limit '
           f'max_skipped_updates={config.max_skipped_updates}); stopping at step {step + 1}. '
-          'Lower the learning rate or check the data; the last good state is in the '
-          'latest checkpoint.')
+          'Lower the learning rate or check the data; checkpoints are written only while '
+          'the state is finite, so the latest one holds the last good state.')
 
     # Metrics.
     n_tokens = int(sum(dr.lengths.sum() for dr in draws))  # every token sampled this step
@@ -341,11 +347,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     bar.update(1)
     bar.set_postfix_str(metric_writers.console_line(record))
 
-    # Checkpoint.
+    # Checkpoint (never a non-finite state: e.g. NaN optimizer moments from a bad restore make
+    # every update skip; saving them would carry the damage into the next run).
     if (step + 1) % config.checkpoint_every == 0 or step + 1 == end:
-      ckpt.save(step + 1, state, {'iterator': iterator.get_state(),
-                                  'data_fingerprint': fingerprint,
-                                  'config': config.to_json_best_effort()})
+      if state_finite(state):
+        ckpt.save(step + 1, state, {'iterator': iterator.get_state(),
+                                    'data_fingerprint': fingerprint,
+                                    'config': config.to_json_best_effort()})
+      elif main:
+        print(f'WARNING: not saving the checkpoint of step {step + 1}: the params or optimizer '
+              'state hold NaN/Inf', flush=True)
   bar.close()
   if evals and end == config.total_steps:
     final = evaluate_slice(state.params, evals, eval_prompts, config, rollout, tokenizer, grader,
@@ -362,7 +373,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   ckpt.close()
   grader.close()
   writer.close()
+  check_final_state(state, record, base_path if evals and end == config.total_steps else None,
+                    workdir)
   return record
+
+
+@jax.jit
+def _state_finite(params, opt_state):
+  return steps_lib.all_finite(params) & steps_lib.all_finite(opt_state)
+
+
+def state_finite(state) -> bool:
+  """Whether the params and optimizer state are free of NaN/Inf (a collective, multi-host)."""
+  return bool(sharding_lib.to_host(_state_finite(state.params, state.opt_state)))
+
+
+def check_final_state(state, record: dict, base_path: str | None, workdir: str) -> None:
+  """Raises BrokenFinalState when the run ends with non-finite params, or (after the final
+  eval; `base_path` holds the base policy's) with accuracy 0 from a non-zero base."""
+  if not bool(sharding_lib.to_host(jax.jit(steps_lib.all_finite)(state.params))):
+    raise BrokenFinalState(
+        f'the final params in {workdir} hold NaN or Inf, so the trained policy is unusable; '
+        'check loss and grad_norm in the metrics and restart from an earlier checkpoint')
+  if base_path is None or 'eval/acc' not in record or not os.path.exists(base_path):
+    return
+  with open(base_path) as f:
+    base_acc = json.load(f).get('eval/acc', 0.0)
+  if record['eval/acc'] == 0 and base_acc > 0:
+    raise BrokenFinalState(
+        f'the final eval accuracy collapsed to 0 from {base_acc:.3f} (base policy) in {workdir} '
+        '(report.md); training broke the policy: check loss, grad_norm and the eval curves in '
+        'the metrics, lower the learning rate, or restart from an earlier checkpoint')
 
 
 def evaluate_slice(params, evals, eval_prompts, config, rollout, tokenizer, grader, rng):

@@ -8,8 +8,10 @@ tokenizer, so the trainer cannot tell the two apart. The files are written direc
 Pieces are a closed set: digits, variables, operators, the task's words and `\\boxed`, each
 bare or with one leading space (GPT-style, so ` c=7*3=1` is 7 tokens and decoding is plain
 concatenation). The default R1 instruction (`tokenizer.DEFAULT_INSTRUCTION`) is one token: it
-carries nothing the tiny model needs, and the prompt stays short. Text outside the closed set
-fails to encode (WordLevel has no unknown token) rather than silently mapping to `<unk>`.
+carries nothing the tiny model needs, and the prompt stays short. Any other piece of text (a
+capital letter, `What`, a tab) encodes as the unknown token `<unk>`, the last id (104, a row
+of the shipped model's 128-row embedding that training never used), so arbitrary text
+encodes; the task's own text never produces it, and its ids are unchanged.
 """
 import hashlib
 import json
@@ -22,6 +24,7 @@ from ceeh_jax import tokenizer as tokenizer_lib
 BOS, EOS = '<｜begin▁of▁sentence｜>', '<｜end▁of▁sentence｜>'
 USER, ASSISTANT = '<｜User｜>', '<｜Assistant｜>'
 THINK, END_THINK = '<think>', '</think>'
+UNK = '<unk>'
 INSTRUCTION = tokenizer_lib.DEFAULT_INSTRUCTION
 # id order: EOS first so pad = 0; R1 marks only BOS/EOS special (User/Assistant/think are
 # added tokens that survive `skip_special_tokens`), and so do we.
@@ -54,23 +57,26 @@ CHAT_TEMPLATE = (
 
 
 def vocab() -> dict[str, int]:
-  """Piece -> id: added tokens, whitespace, then each symbol/word bare and space-prefixed."""
+  """Piece -> id: added tokens, whitespace, each symbol/word bare and space-prefixed, then
+  the unknown token (last, so the ids before it are those of the tokenizer without it)."""
   pieces = [t for t, _ in ADDED] + list(WHITESPACE)
   for p in SYMBOLS + WORDS:
     pieces += [p, ' ' + p]
+  pieces.append(UNK)
   return {p: i for i, p in enumerate(pieces)}
 
 
 def _tokenizer_json() -> str:
   from tokenizers import Regex, Tokenizer, AddedToken, decoders, models, pre_tokenizers, processors  # pylint: disable=g-import-not-at-top
   v = vocab()
-  tok = Tokenizer(models.WordLevel(v, unk_token=None))
+  tok = Tokenizer(models.WordLevel(v, unk_token=UNK))
   tok.pre_tokenizer = pre_tokenizers.Split(Regex(PATTERN), behavior='isolated')
   tok.decoder = decoders.Fuse()  # pieces carry their own spaces: decoding is concatenation
   # Like R1: `tokenizer(text)` prepends BOS; chat-rendered prompts already hold it.
   tok.post_processor = processors.TemplateProcessing(
       single=f'{BOS} $A', pair=f'{BOS} $A {BOS} $B', special_tokens=[(BOS, v[BOS])])
   tok.add_tokens([AddedToken(t, special=s, normalized=False) for t, s in ADDED])
+  tok.add_special_tokens([AddedToken(UNK, special=True, normalized=False)])  # keeps id v[UNK]
   return tok.to_str(pretty=True)
 
 
@@ -80,12 +86,14 @@ def _config_files() -> dict[str, str]:
   v = vocab()
   config = {
       'add_bos_token': True, 'add_eos_token': False, 'bos_token': BOS, 'eos_token': EOS,
-      'pad_token': EOS, 'unk_token': None, 'clean_up_tokenization_spaces': False,
+      'pad_token': EOS, 'unk_token': UNK, 'clean_up_tokenization_spaces': False,
       'model_max_length': 4096, 'tokenizer_class': 'PreTrainedTokenizerFast',
-      'added_tokens_decoder': {str(v[t]): dict(token(t), special=s) for t, s in ADDED},
+      'added_tokens_decoder': {str(v[t]): dict(token(t), special=s)
+                               for t, s in ADDED + ((UNK, True),)},
       'chat_template': CHAT_TEMPLATE,
   }
-  special = {'bos_token': token(BOS), 'eos_token': token(EOS), 'pad_token': token(EOS)}
+  special = {'bos_token': token(BOS), 'eos_token': token(EOS), 'pad_token': token(EOS),
+             'unk_token': token(UNK)}
   return {'tokenizer.json': _tokenizer_json(),
           'tokenizer_config.json': json.dumps(config, indent=2, ensure_ascii=False),
           'special_tokens_map.json': json.dumps(special, indent=2, ensure_ascii=False)}
