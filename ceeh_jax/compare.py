@@ -15,14 +15,15 @@ import math
 import os
 import sys
 
+from ceeh_jax import errors
 from ceeh_jax import metrics as metrics_lib
 
 
 def load_results(path: str) -> dict:
   f = os.path.join(path, 'results.json') if os.path.isdir(path) else path
   if not os.path.isfile(f):
-    raise FileNotFoundError(f'{path}: no results.json (run `python -m ceeh_jax.main '
-                            '--config=configs/eval_*.py --workdir=DIR` first)')
+    raise errors.MissingFileError(f'{path}: no results.json (run `python -m ceeh_jax.main '
+                                  '--config=configs/eval_*.py --workdir=DIR` first)')
   with open(f) as fh:
     return json.load(fh)
 

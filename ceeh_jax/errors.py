@@ -9,3 +9,10 @@ as one line, `error: <message>`, and exits 2; anything else is a bug and keeps i
 
 class UserError(Exception):
   """Bad input (config, data, files): reported as `error: <message>`, exit status 2."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+  """A file or directory the user named (model, tokenizer, data, results) does not exist.
+
+  Still a FileNotFoundError, so callers that catch that keep working.
+  """

@@ -39,6 +39,7 @@ from ceeh_jax import errors
 from ceeh_jax import grading as grading_lib
 from ceeh_jax import hf_io
 from ceeh_jax import metrics as metrics_lib
+from ceeh_jax import preflight
 from ceeh_jax import rollouts as rollouts_lib
 from ceeh_jax import sampler as sampler_lib
 from ceeh_jax import sharding as sharding_lib
@@ -233,7 +234,9 @@ def run(config, workdir: str) -> dict:
   benchmarks = list(ev.benchmarks)
   if not benchmarks:
     raise EvalError('config.eval.benchmarks is empty')
-  os.makedirs(workdir, exist_ok=True)
+  # Every input checked before anything is written: a bad one leaves no workdir behind.
+  preflight.check_eval(config, workdir)
+  tokenizer = preflight.load_tokenizer(config)
   main = dist_lib.is_main()  # the one process that writes samples, results and plots
   base = load_base(ev.get('base_results', ''))
   rules = sharding_lib.rules_from_config(config.mesh.rules)
@@ -242,8 +245,7 @@ def run(config, workdir: str) -> dict:
   # Data first: a missing benchmark fails before the model is read.
   loaded = [(src, bench_name(src), _load_benchmark(src, config, workdir)) for src in benchmarks]
   model_cfg, params, info, difficulty = load_model(config, mesh, rules)
-  tok_dir = config.tokenizer_dir or config.model.hf_dir
-  tokenizer = tokenizer_lib.load_tokenizer(synthetic.resolve_model_dir(tok_dir))
+  os.makedirs(workdir, exist_ok=True)
   stops = tuple(tokenizer_lib.stop_ids(tokenizer))
   pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
   sample_cfg = model_cfg.replace(dtype=config.model.sample_dtype)
