@@ -342,7 +342,7 @@ def run(config, workdir: str) -> dict:
 
 def _fmt(v, digits=3):
   if v is None:
-    return '-'
+    return '—'
   if isinstance(v, float) and not math.isfinite(v):
     return str(v)
   return f'{v:.{digits}f}' if isinstance(v, float) else str(v)
