@@ -34,14 +34,15 @@ def clock(seconds: float) -> str:
 class StepBar:
   """tqdm over training steps with a status line and a steady-state ETA."""
 
-  def __init__(self, total: int, initial: int, desc: str, enabled: bool):
+  def __init__(self, total: int, initial: int, desc: str, enabled: bool, **tqdm_kwargs):
     self.total = total
+    tqdm_kwargs.setdefault('dynamic_ncols', True)
     self._bar = tqdm.tqdm(total=total, initial=initial, desc=desc, disable=not enabled,
-                          dynamic_ncols=True, bar_format=BAR_FORMAT)
+                          bar_format=BAR_FORMAT, **tqdm_kwargs)
     self._steps = []  # seconds of each step this process ran; the first compiles
 
   def status(self, text: str) -> None:
-    """Says what runs now (until the next step ends)."""
+    """Says what runs now (until the next step ends); keep it under ~45 characters."""
     self._bar.set_postfix_str(text)
 
   def eta(self) -> float | None:

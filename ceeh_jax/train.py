@@ -250,7 +250,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   base_path = os.path.join(workdir, 'base_eval.json')
   # Decided once for all processes (the eval is collective; only process 0 writes the file).
   if evals and dist_lib.agree(np.bool_(not os.path.exists(base_path))):
-    bar.status(f'evaluating the base policy ({len(evals)} questions)...')
+    bar.status(f'evaluating the base policy ({len(evals)} questions)...')  # compiles the sampler
     base = evaluate_slice(state.params, evals, eval_prompts, config, rollout, tokenizer, grader,
                           eval_rng)
     if main:
@@ -259,7 +259,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # --- Loop --------------------------------------------------------------------------------
   record = {}
   end = config.total_steps if stop_after is None else min(config.total_steps, start + stop_after)
-  bar.status(f'step {start + 1} compiles the rollout and the update...')
+  bar.status(f'step {start + 1}: compiling the rollout and the update...')
   for step in range(start, end):
     t0 = time.perf_counter()
     temperature = methods_lib.sampling_temperature(config.method, hparams, step,
@@ -348,7 +348,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                   'data_fingerprint': fingerprint,
                                   'config': config.to_json_best_effort()})
   if evals and end == config.total_steps:
-    bar.status(f'evaluating the trained policy ({len(evals)} questions)...')
+    bar.status(f'evaluating the final policy ({len(evals)} questions)...')
     final = evaluate_slice(state.params, evals, eval_prompts, config, rollout, tokenizer, grader,
                            eval_rng)
     bar.close()
