@@ -173,12 +173,32 @@ def meta_hard(examples):
 # Evaluation.
 # ---------------------------------------------------------------------------------------------
 
-def _load_benchmark(source: str, config, workdir: str):
-  path = synthetic.resolve_data(source, workdir, config.seed)
-  resolved = data_lib.resolve(path)
-  if not resolved.startswith('tfds:') and not os.path.exists(resolved):
+def _check_benchmark(source: str) -> None:
+  if source.startswith(('synthetic:', 'tfds:')):
+    preflight.check_source('config.eval.benchmarks', source)  # the form; generated or fetched
+    return
+  resolved = data_lib.resolve(source)
+  if not os.path.exists(resolved):
     raise EvalError(f'benchmark {source!r}: no such file {resolved!r} (known names: '
                     f'{sorted(data_lib.BENCHMARKS)}, or synthetic:<split>:<n>, or a path)')
+
+
+def check_inputs(config, workdir: str) -> None:
+  """Everything `run` reads, checked before it writes anything (a bad input leaves no workdir)."""
+  ev = config.eval
+  preflight.check_workdir(workdir)
+  ckpt = ev.get('checkpoint_workdir', '')
+  if ckpt and not os.path.isdir(ckpt):
+    raise EvalError(f'config.eval.checkpoint_workdir={ckpt!r} does not exist')
+  preflight.check_model(config, weights=not ckpt)  # a checkpoint takes its architecture from it
+  for source in ev.benchmarks:
+    _check_benchmark(source)
+  load_base(ev.get('base_results', ''))
+
+
+def _load_benchmark(source: str, config, workdir: str):
+  _check_benchmark(source)
+  path = synthetic.resolve_data(source, workdir, config.seed)
   examples, _ = data_lib.load_examples(path, field_map=dict(config.data.field_map),
                                        on_error=config.data.on_error)
   limit = int(config.eval.get('limit', 0) or 0)
@@ -235,7 +255,7 @@ def run(config, workdir: str) -> dict:
   if not benchmarks:
     raise EvalError('config.eval.benchmarks is empty')
   # Every input checked before anything is written: a bad one leaves no workdir behind.
-  preflight.check_eval(config, workdir)
+  check_inputs(config, workdir)
   tokenizer = preflight.load_tokenizer(config)
   main = dist_lib.is_main()  # the one process that writes samples, results and plots
   base = load_base(ev.get('base_results', ''))

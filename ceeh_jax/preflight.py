@@ -1,7 +1,7 @@
 """The files a run names, checked before it writes anything: one clear error for each.
 
-`train.train_and_evaluate` and `evaluate.run` call these after `config_check.validate` and
-before the workdir is created, so a wrong `model.hf_dir`, a missing data file or a workdir
+`train.train_and_evaluate` and `evaluate.run` (its `check_inputs`) call these after
+`config_check.validate` and before the workdir is created, so a wrong `model.hf_dir`, a missing data file or a workdir
 that is a file fails as `error: <message>` (see `main.run`) and leaves nothing on disk.
 """
 import os
@@ -95,20 +95,3 @@ def check_train(config, workdir: str) -> None:
   check_source('config.data.train', config.data.train)
   if config.data.eval and config.data.eval_size:
     check_source('config.data.eval', config.data.eval)
-
-
-def check_eval(config, workdir: str) -> None:
-  """Everything `evaluate.run` reads: workdir, model or checkpoint, benchmarks, base results."""
-  check_workdir(workdir)
-  ev = config.eval
-  ckpt = ev.get('checkpoint_workdir', '')
-  if ckpt and not os.path.isdir(ckpt):
-    raise errors.MissingFileError(f'config.eval.checkpoint_workdir={ckpt!r}: no such directory '
-                                  '(a training workdir)')
-  check_model(config, weights=not ckpt)  # a checkpoint still takes its architecture from it
-  for source in ev.benchmarks:
-    check_source('config.eval.benchmarks', source)
-  base = ev.get('base_results', '')
-  if base and not os.path.exists(base):
-    raise errors.MissingFileError(f'config.eval.base_results={base!r}: no such file (the '
-                                  'workdir or results.json of an earlier eval)')

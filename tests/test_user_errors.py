@@ -66,12 +66,11 @@ CASES = {
     'eval_checkpoint_missing': (
         ['ceeh_jax.main', '--config=configs/eval_tiny.py', '--workdir={work}',
          '--config.eval.checkpoint_workdir={tmp}/nope'],
-        "error: config.eval.checkpoint_workdir='{tmp}/nope': no such directory (a training "
-        'workdir)'),
+        "error: config.eval.checkpoint_workdir='{tmp}/nope' does not exist"),
     'eval_benchmark_missing': (
         ['ceeh_jax.main', '--config=eval_tiny', '--workdir={work}',
          "--config.eval.benchmarks=('aime99',)"],
-        "error: config.eval.benchmarks='aime99': no such file (expected a "),
+        "error: benchmark 'aime99': no such file 'aime99' (known names: ['aime24', "),
     'compare_without_results': (
         ['ceeh_jax.compare', '{tmp}/empty'],
         'error: {tmp}/empty: no results.json (run `python -m ceeh_jax.main '),
