@@ -22,7 +22,8 @@ mkdir -p "$LOG"
 cleanup() { [ "${KEEP:-0}" = 1 ] && echo "kept $WORK" || rm -rf "$WORK"; }
 trap cleanup EXIT
 
-declare -a NAMES TIMES
+NAMES=()
+TIMES=()
 step() {  # step NAME COMMAND...: runs the command, its output in $LOG/<n>.log, records the time
   local name=$1; shift
   local n=${#NAMES[@]}
@@ -49,11 +50,11 @@ summary() {
 
 cd "$WORK"
 step "git clone (committed HEAD)" git clone -q "$SRC" "$WORK/repo"
-cd "$WORK/repo"
+cd "$WORK/repo" || exit 1
 [ -e ../shared ] && { echo "a ../shared exists beside the clone" >&2; exit 1; }
 step "fresh venv" "$PYTHON" -m venv "$WORK/venv"
 # shellcheck disable=SC1091
-source "$WORK/venv/bin/activate"
+source "$WORK/venv/bin/activate" || exit 1
 export JAX_PLATFORMS=cpu
 export CEEH_JAX_TEST_CACHE="$WORK/xla_cache"   # the tests' compilation cache starts cold
 unset XLA_FLAGS CEEH_DEBUG PYTHONPATH
