@@ -6,6 +6,10 @@ r"""Entry point. Kept thin: the logic lives in importable functions that tests c
   python -m ceeh_jax.main --config=configs/eval_math.py --workdir=runs/eval   # evaluation
   python -m ceeh_jax.main --mode=fingerprint --workdir=runs/r1   # hash of the latest state
 
+`ceeh-jax ...` (the installed console script) is the same command. `--config` is a file or a
+packaged config by name (`r1_1p5b`, `baselines/grpo`: ceeh_jax/shipped.py). A user error (bad
+or misspelled config key, missing file) prints one line `error: ...` and exits 2.
+
 Multi-host (the same command on every process; the workdir on a shared filesystem):
   ... --coordinator_address=auto                        # TPU pod slice, SLURM, Open MPI
   ... --coordinator_address=10.0.0.1:1234 --num_processes=4 --process_id=$RANK   # elsewhere
