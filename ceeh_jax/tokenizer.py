@@ -26,6 +26,9 @@ R1_TOKENIZER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'r1_
 
 def load_tokenizer(path):
   """`transformers.AutoTokenizer` from a local directory (never the hub)."""
+  # Only tokenizers come from transformers here: its import-time advice that PyTorch is missing
+  # (models unavailable) is noise to a user of this package, the first line a fresh install saw.
+  os.environ.setdefault('TRANSFORMERS_NO_ADVISORY_WARNINGS', '1')
   import transformers  # pylint: disable=g-import-not-at-top  (heavy; only tokenizer users pay)
   if not path:
     raise ValueError('no tokenizer directory given (config.tokenizer_dir or model.hf_dir)')
