@@ -259,7 +259,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # --- Loop --------------------------------------------------------------------------------
   record = {}
   end = config.total_steps if stop_after is None else min(config.total_steps, start + stop_after)
-  bar.status(f'step {start + 1}: compiling the rollout and the update...')
+  if start < end:
+    bar.status(f'step {start + 1}: compiling the rollout and the update...')
   for step in range(start, end):
     t0 = time.perf_counter()
     temperature = methods_lib.sampling_temperature(config.method, hparams, step,
@@ -347,13 +348,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       ckpt.save(step + 1, state, {'iterator': iterator.get_state(),
                                   'data_fingerprint': fingerprint,
                                   'config': config.to_json_best_effort()})
+  final_path = os.path.join(workdir, 'final_eval.json')
   if evals and end == config.total_steps:
-    bar.status(f'evaluating the final policy ({len(evals)} questions)...')
-    final = evaluate_slice(state.params, evals, eval_prompts, config, rollout, tokenizer, grader,
-                           eval_rng)
+    # Re-running a finished run shows its table again; the eval of the same state is not redone.
+    if start == end and dist_lib.agree(np.bool_(os.path.exists(final_path))):
+      with open(final_path) as f:
+        final = json.load(f)
+    else:
+      bar.status(f'evaluating the final policy ({len(evals)} questions)...')
+      final = evaluate_slice(state.params, evals, eval_prompts, config, rollout, tokenizer,
+                             grader, eval_rng)
     bar.close()
     if main:
-      ckpt_lib.dump_json(os.path.join(workdir, 'final_eval.json'), final)
+      ckpt_lib.dump_json(final_path, final)
       with open(base_path) as f:
         table = report_table(json.load(f), final)
       with open(os.path.join(workdir, 'report.md'), 'w') as f:
