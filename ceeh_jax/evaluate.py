@@ -28,6 +28,7 @@ import math
 import os
 import time
 
+from absl import logging as absl_logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -107,10 +108,15 @@ def load_model(config, mesh, rules):
     if not os.path.isdir(ckpt_dir):
       raise EvalError(f'config.eval.checkpoint_workdir={ckpt_dir!r} does not exist')
     from ceeh_jax import fingerprint  # pylint: disable=g-import-not-at-top
+    level = absl_logging.get_verbosity()
+    if level <= absl_logging.WARNING:  # orbax warns that a read-only manager turns saving off
+      absl_logging.set_verbosity(absl_logging.ERROR)  # (three W-lines in every eval): noise
     try:
       step, state = fingerprint.load_latest_state(ckpt_dir)
     except FileNotFoundError as e:
       raise EvalError(f'config.eval.checkpoint_workdir={ckpt_dir!r}: {e}') from None
+    finally:
+      absl_logging.set_verbosity(level)
     model_cfg = model_config(config)
     params = state['params']
     if model_cfg.lora_rank:
