@@ -23,8 +23,10 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from ceeh_jax import errors
+from ceeh_jax import shipped
 
-DATA_DIR = pathlib.Path(__file__).resolve().parents[1] / 'data'
+# The vendored benchmarks (data/README.md): the checkout's data/, or the installed package's copy.
+DATA_DIR = shipped.path('data')
 BENCHMARKS = {
     'gsm8k': 'gsm8k.jsonl', 'math500': 'math500.jsonl', 'aime24': 'aime24.jsonl',
     'aime25': 'aime25.jsonl', 'amc23': 'amc23.jsonl', 'minerva': 'minerva_math.jsonl',
@@ -156,8 +158,8 @@ def _rows(source: str) -> Iterator[tuple[str, Any]]:
     return _tfds_rows(source)
   path = pathlib.Path(source)
   if not path.is_file():
-    raise FileNotFoundError(f'data source {source!r} is not a file (benchmark names: '
-                            f'{", ".join(sorted(BENCHMARKS))}; or tfds:<name>[:<split>])')
+    raise errors.MissingFileError(f'data source {source!r} is not a file (benchmark names: '
+                                  f'{", ".join(sorted(BENCHMARKS))}; or tfds:<name>[:<split>])')
   readers = {'.jsonl': _jsonl_rows, '.ndjson': _jsonl_rows, '.json': _json_rows,
              '.parquet': _parquet_rows}
   if path.suffix not in readers:

@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tqdm
 
 from ceeh_jax import checkpointing as ckpt_lib
 from ceeh_jax import config_check
@@ -30,6 +29,8 @@ from ceeh_jax import hf_io
 from ceeh_jax import methods as methods_lib
 from ceeh_jax import metric_writers
 from ceeh_jax import metrics as metrics_lib
+from ceeh_jax import preflight
+from ceeh_jax import progress
 from ceeh_jax import rollouts as rollouts_lib
 from ceeh_jax import sampler as sampler_lib
 from ceeh_jax import sharding as sharding_lib
@@ -132,8 +133,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   `stop_after` ends this process after that many steps (as a preemption would), leaving the
   schedule of the full run untouched; tests use it to check resume == uninterrupted.
   """
+  # Every input checked before anything is written: a bad one leaves no workdir behind.
   config_check.validate(config)
-  os.makedirs(workdir, exist_ok=True)
+  preflight.check_train(config, workdir)
+  tokenizer = preflight.load_tokenizer(config)
   main = dist_lib.is_main()  # the one process that writes logs, metrics and reports
   g = config.sampling.num_samples
 
@@ -142,9 +145,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = sharding_lib.make_mesh(config.mesh.shape)
 
   # --- Data --------------------------------------------------------------------------------
-  tokenizer = tokenizer_lib.load_tokenizer(
-      synthetic.resolve_model_dir(config.tokenizer_dir or config.model.hf_dir))
   train, train_prompts, evals, eval_prompts, n_trunc = load_data(config, tokenizer, workdir)
+  os.makedirs(workdir, exist_ok=True)  # data read: the inputs are good
   fingerprint = data_lib.dataset_fingerprint(train)
   iterator = data_lib.EpochIterator(len(train), config.batch_size, config.seed)
   stop_ids = tuple(tokenizer_lib.stop_ids(tokenizer))
@@ -249,10 +251,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                    step, group_size=g)
 
   # --- Base-policy eval (once per workdir, kept for the closing table) ---------------------
+  bar = progress.StepBar(config.total_steps, start, config.method,
+                         enabled=bool(config.progress and main))
   eval_rng = jax.random.key(config.seed + 17)  # the same eval draws for base and final
   base_path = os.path.join(workdir, 'base_eval.json')
   # Decided once for all processes (the eval is collective; only process 0 writes the file).
   if evals and dist_lib.agree(np.bool_(not os.path.exists(base_path))):
+    bar.status(f'evaluating the base policy ({len(evals)} questions)...')  # compiles the sampler
     base = evaluate_slice(state.params, evals, eval_prompts, config, rollout, tokenizer, grader,
                           eval_rng)
     if main:
@@ -260,9 +265,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # --- Loop --------------------------------------------------------------------------------
   record = {}
-  bar = tqdm.tqdm(total=config.total_steps, initial=start, disable=not (config.progress and main),
-                  desc=f'{config.method}', dynamic_ncols=True)
   end = config.total_steps if stop_after is None else min(config.total_steps, start + stop_after)
+  if start < end:
+    bar.status(f'step {start + 1}: compiling the rollout and the update...')
   for step in range(start, end):
     t0 = time.perf_counter()
     temperature = methods_lib.sampling_temperature(config.method, hparams, step,
@@ -341,11 +346,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     # The last step's eval is the final one below (same draws as the base eval's).
     if (evals and config.eval_every and (step + 1) % config.eval_every == 0
         and step + 1 < config.total_steps):
+      bar.status(f'evaluating ({len(evals)} questions)...')
       record.update(evaluate_slice(state.params, evals, eval_prompts, config, rollout, tokenizer,
                                    grader, jax.random.fold_in(sample_key, 1)))
     record = writer.write(step + 1, record)
-    bar.update(1)
-    bar.set_postfix_str(metric_writers.console_line(record))
+    bar.step(time.perf_counter() - t0, record)
 
     # Checkpoint (never a non-finite state: e.g. NaN optimizer moments from a bad restore make
     # every update skip; saving them would carry the damage into the next run).
@@ -357,12 +362,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       elif main:
         print(f'WARNING: not saving the checkpoint of step {step + 1}: the params or optimizer '
               'state hold NaN/Inf', flush=True)
-  bar.close()
+  final_path = os.path.join(workdir, 'final_eval.json')
   if evals and end == config.total_steps:
-    final = evaluate_slice(state.params, evals, eval_prompts, config, rollout, tokenizer, grader,
-                           eval_rng)
+    # Re-running a finished run shows its table again; the eval of the same state is not redone.
+    if start == end and dist_lib.agree(np.bool_(os.path.exists(final_path))):
+      with open(final_path) as f:
+        final = json.load(f)
+    else:
+      bar.status(f'evaluating the final policy ({len(evals)} questions)...')
+      final = evaluate_slice(state.params, evals, eval_prompts, config, rollout, tokenizer,
+                             grader, eval_rng)
+    bar.close()
     if main:
-      ckpt_lib.dump_json(os.path.join(workdir, 'final_eval.json'), final)
+      ckpt_lib.dump_json(final_path, final)
       with open(base_path) as f:
         table = report_table(json.load(f), final)
       with open(os.path.join(workdir, 'report.md'), 'w') as f:
@@ -370,6 +382,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       print(f'\n{config.method}: base policy vs after {config.total_steps} steps '
             f'({len(evals)} held-out questions)\n{table}')
     record.update(final)
+  bar.close()
   ckpt.close()
   grader.close()
   writer.close()

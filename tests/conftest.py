@@ -9,9 +9,11 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))
+from ceeh_jax import tokenizer as _tokenizer_lib  # noqa: E402  (after the path)
+# The real R1-Distill tokenizer, vendored in the package: no test reads outside the repository.
+R1_TOKENIZER = pathlib.Path(_tokenizer_lib.R1_TOKENIZER_DIR)
 
 # Trainer tests rebuild the same jitted programs many times: a persistent compilation cache
 # turns the repeats into disk hits.

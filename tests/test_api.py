@@ -3,15 +3,13 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import SHARED
+from conftest import R1_TOKENIZER
 from ceeh_jax import api
 from ceeh_jax import hf_io
 from ceeh_jax import tokenizer as tokenizer_lib
 from ceeh_jax.models import qwen2 as qwen2_lib
 from ceeh_jax.models.config import QwenConfig
 from ceeh_jax.synthetic import tokenizer as syn_tok
-
-R1_TOKENIZER = SHARED / 'tokenizers' / 'deepseek-r1-distill-qwen'
 
 
 @pytest.fixture(scope='module')

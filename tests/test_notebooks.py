@@ -29,8 +29,8 @@ def _text(nb):
 
 @pytest.mark.slow
 def test_quickstart_then_analysis(tmp_path):
-  env = {'CEEH_WORKDIR': str(tmp_path), 'CEEH_REPO': REPO, 'CEEH_HEADLESS': '1',
-         'JAX_PLATFORMS': 'cpu'}
+  env = {'CEEH_WORKDIR': str(tmp_path), 'PYTHONPATH': REPO, 'CEEH_SKIP_INSTALL': '1',
+         'CEEH_HEADLESS': '1', 'JAX_PLATFORMS': 'cpu'}
   text = _text(_run('quickstart.ipynb', env))
   assert 'correct=' in text and 'metrics.jsonl' in text
   assert os.path.isdir(tmp_path / 'checkpoints')

@@ -6,14 +6,13 @@ import re
 import numpy as np
 import pytest
 
-from conftest import SHARED
+from conftest import R1_TOKENIZER as R1_DIR
 from ceeh_jax import data as data_lib
 from ceeh_jax import grading
 from ceeh_jax import tokenizer as tokenizer_lib
 from ceeh_jax.synthetic import task
 from ceeh_jax.synthetic import tokenizer as syn_tok
 
-R1_DIR = SHARED / 'tokenizers' / 'deepseek-r1-distill-qwen'
 _STEP = re.compile(r'^([a-g])=([a-g0-9])([-+*])([a-g0-9])$')
 
 

@@ -4,10 +4,9 @@ import copy
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import R1_TOKENIZER as R1_DIR
 from ceeh_jax import tokenizer as tokenizer_lib
 
-R1_DIR = REPO.parent / 'shared' / 'tokenizers' / 'deepseek-r1-distill-qwen'
 BOS, EOS, USER, ASSISTANT, THINK, END_THINK = 151646, 151643, 151644, 151645, 151648, 151649
 
 
