@@ -31,10 +31,18 @@ from ceeh_jax import errors
 from ceeh_jax import shipped
 
 _DEFAULT_CONFIG = 'tiny'  # configs/tiny.py, found in a checkout or the installed package
+_FLAG_NAMES = ('config', 'workdir', 'mode', 'coordinator_address', 'num_processes', 'process_id',
+               'local_device_ids')
 
 
 def define_flags(argv):
-  """Defines the flags; the config flag reads its overrides from `argv` (already checked)."""
+  """Defines the flags; the config flag reads its overrides from `argv` (already checked).
+
+  Calling it again (`run()` twice in one process: tests, notebooks) redefines them afresh.
+  """
+  for name in _FLAG_NAMES:
+    if name in flags.FLAGS:
+      delattr(flags.FLAGS, name)
   config_flags.DEFINE_config_file('config', shipped.config_file(_DEFAULT_CONFIG),
                                   'Experiment config: a file, or a packaged config by name '
                                   '(tiny, eval_tiny, r1_1p5b, baselines/grpo, ...).',

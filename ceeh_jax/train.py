@@ -343,9 +343,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                    'time/train': t4 - t3, 'tokens_per_s': n_tokens / max(t1 - t0, 1e-9),
                    'prompts_truncated': n_trunc, 'updates_skipped_total': skipped,
                    'temperature': temperature})
-    # The last step's eval is the final one below (same draws as the base eval's).
-    if (evals and config.eval_every and (step + 1) % config.eval_every == 0
-        and step + 1 < config.total_steps):
+    # The last step's eval is the final one (the base eval's draws, for the closing table).
+    if evals and step + 1 == config.total_steps:
+      bar.status(f'evaluating the final policy ({len(evals)} questions)...')
+      final = evaluate_slice(state.params, evals, eval_prompts, config, rollout, tokenizer,
+                             grader, eval_rng)
+      record.update(final)
+    elif evals and config.eval_every and (step + 1) % config.eval_every == 0:
       bar.status(f'evaluating ({len(evals)} questions)...')
       record.update(evaluate_slice(state.params, evals, eval_prompts, config, rollout, tokenizer,
                                    grader, jax.random.fold_in(sample_key, 1)))
@@ -368,7 +372,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if start == end and dist_lib.agree(np.bool_(os.path.exists(final_path))):
       with open(final_path) as f:
         final = json.load(f)
-    else:
+    elif start == end:  # finished before final_eval.json existed: evaluate the state once
       bar.status(f'evaluating the final policy ({len(evals)} questions)...')
       final = evaluate_slice(state.params, evals, eval_prompts, config, rollout, tokenizer,
                              grader, eval_rng)
