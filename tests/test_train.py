@@ -166,8 +166,8 @@ class EveryMethodTest(parameterized.TestCase):
   def _train_two_steps(self, method):
     tmp_path = pathlib.Path(self.create_tempdir())
     config = test_util.small_config(str(tmp_path), method=method, total_steps=2, eval_every=0,
-                                     **{'data.eval_size': 0, 'overlong.enabled': method == 'dler',
-                                        'overlong.max_len': 12, 'overlong.cache_len': 4})
+                                    **{'data.eval_size': 0, 'overlong.enabled': method == 'dler',
+                                       'overlong.max_len': 12, 'overlong.cache_len': 4})
     if method == 'egrc':  # one compression step, then one exploration step
       config.method_hparams = {'stage_steps': 1}
     record = train_lib.train_and_evaluate(config, str(tmp_path / 'w'))
