@@ -178,7 +178,8 @@ def tiny_hf_dir(path, *, tied=False, dtype='float32', shard_size=None):
   return path
 
 
-def assert_approx(actual, expected, *, rel=None, abs=None, nan_ok=False, msg=''):  # pylint: disable=redefined-builtin
+# pylint: disable-next=redefined-builtin  (`rel` and `abs` as pytest.approx names them)
+def assert_approx(actual, expected, *, rel=None, abs=None, nan_ok=False, msg=''):
   """What `actual == pytest.approx(expected, rel=, abs=)` checks, elementwise: equal, or
   |actual - expected| <= max(rel * |expected|, abs); rel is 1e-6 unless only abs is given,
   abs is 1e-12 by default. Infinities must match exactly; NaN equals NaN only if nan_ok."""
