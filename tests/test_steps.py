@@ -113,9 +113,10 @@ class MinibatchLossTest(parameterized.TestCase):
     batch = _batch(1)
     config = _config(method='ceeh_me', **{'ceeh.entropy_coef': 0.05})
     train, frozen = steps_lib.split_params(params, False)
-    loss_fn = lambda t: steps_lib.minibatch_loss(t, frozen, batch, 0.8, jnp.int32(0), config=config,
-                                                 model_cfg=model_cfg)
-    _, _, grads = jax.jit(loss_fn)(train)
+    # One compiled program for the gradient and both probes (an eager probe would run op by op).
+    loss_fn = jax.jit(lambda t: steps_lib.minibatch_loss(t, frozen, batch, 0.8, jnp.int32(0),
+                                                         config=config, model_cfg=model_cfg))
+    _, _, grads = loss_fn(train)
     # Moving off the old policy so the clip is active on some tokens but not at the probe point.
     direction = jax.tree.map(lambda x: jax.random.normal(jax.random.key(7), x.shape), train)
     norm = jnp.sqrt(sum(jnp.vdot(d, d) for d in jax.tree.leaves(direction)))
@@ -160,8 +161,8 @@ class MinibatchLossTest(parameterized.TestCase):
     other = batch.replace(completion=jnp.where(jnp.asarray(wrong)[:, None],
                                                (batch.completion + 5) % 257, batch.completion))
     train, frozen = steps_lib.split_params(params, False)
-    g = lambda b: steps_lib.minibatch_loss(train, frozen, b, 1.0, jnp.int32(0), config=config,
-                                           model_cfg=model_cfg)[2]
+    g = jax.jit(lambda b: steps_lib.minibatch_loss(train, frozen, b, 1.0, jnp.int32(0),
+                                                   config=config, model_cfg=model_cfg)[2])
     for a, b in zip(jax.tree.leaves(g(batch)), jax.tree.leaves(g(other))):
       np.testing.assert_allclose(a, b, atol=1e-7)
 
