@@ -125,6 +125,10 @@ with open(sys.argv[1], 'w') as f:  # numpy scalars and arrays as numbers and lis
 """
 
 
+# Slow tier: each test starts three Python processes that compile a trainer or an eval job
+# apiece (about a minute each on 2 cores, the longest of the default suite, and the most
+# costly from a cold XLA cache).
+@test_util.slow
 class MultiProcessTest(absltest.TestCase):
 
   def test_two_processes_train_like_one(self):
