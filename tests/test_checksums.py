@@ -1,28 +1,24 @@
 """Checkpoint checksums (issue 19): what they detect, that they do not depend on sharding, and
 that a checkpoint corrupted in place is set aside and the previous one restored."""
+import test_util  # first: 8 CPU devices, repo on sys.path, XLA cache (before jax starts)
+
 import contextlib
 import io
 import os
 
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
-os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
-from absl import flags  # noqa: E402
-from absl.testing import absltest  # noqa: E402
-from absl.testing import parameterized  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
-import ml_dtypes  # noqa: E402
-import numpy as np  # noqa: E402
-import orbax.checkpoint as ocp  # noqa: E402
+from absl.testing import absltest
+from absl.testing import parameterized
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+import ml_dtypes
+import numpy as np
+import orbax.checkpoint as ocp
 
-from ceeh_jax import checkpointing as ckpt_lib  # noqa: E402
-from ceeh_jax import checksum as checksum_lib  # noqa: E402
-from ceeh_jax import fingerprint as fingerprint_lib  # noqa: E402
-
-if not flags.FLAGS.is_parsed():  # absltest's create_tempdir reads flags; pytest parses none
-  flags.FLAGS.mark_as_parsed()
+from ceeh_jax import checkpointing as ckpt_lib
+from ceeh_jax import checksum as checksum_lib
+from ceeh_jax import fingerprint as fingerprint_lib
 
 
 def _reference_lanes(words: np.ndarray) -> tuple[int, int]:

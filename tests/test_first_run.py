@@ -1,27 +1,21 @@
 """What a new user sees first: the progress line, the API's texts and ids, the compare table."""
+import test_util  # first: 8 CPU devices, repo on sys.path, XLA cache (before jax starts)
+
 import io
 import json
 import os
 import pathlib
-import sys
 
-from absl import flags
 from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-  sys.path.insert(0, str(REPO))
-if 'pytest' in sys.modules:  # absltest.main parses absl's flags; under pytest nothing does
-  flags.FLAGS.mark_as_parsed()
+REPO = test_util.REPO
 
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from ceeh_jax import api
 from ceeh_jax import compare
 from ceeh_jax import progress
 from ceeh_jax import tokenizer as tokenizer_lib
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 RECORD = {'acc': 0.609375, 'length': 61.4, 'entropy': 0.12345, 'hard_fraction': 0.4375,
           'loss': 0.0057, 'reward/mean': 0.57, 'tokens_per_s': 9883.0}

@@ -5,27 +5,24 @@ labelled with the reason the loader must give it; under on_error='raise' nothing
 DataError naming the row escapes, under 'skip' every good row is kept and every bad row is
 counted under its reason.
 """
+import test_util  # first: 8 CPU devices, repo on sys.path, XLA cache (before jax starts)
+
 import collections
 import json
 import os
 import random
-import shutil
 
-os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
-from absl import flags  # noqa: E402
-from absl.testing import absltest  # noqa: E402
-from absl.testing import parameterized  # noqa: E402
+from absl.testing import absltest
+from absl.testing import parameterized
 
-from ceeh_jax import data as data_lib  # noqa: E402
-from ceeh_jax import rollouts as rollouts_lib  # noqa: E402
-from ceeh_jax import tokenizer as tokenizer_lib  # noqa: E402
-from ceeh_jax.synthetic import paths as synthetic_paths  # noqa: E402
-from ceeh_jax.synthetic import task  # noqa: E402
-from ceeh_jax.synthetic import tokenizer as syn_tok  # noqa: E402
+from ceeh_jax import data as data_lib
+from ceeh_jax import rollouts as rollouts_lib
+from ceeh_jax import tokenizer as tokenizer_lib
+from ceeh_jax.synthetic import paths as synthetic_paths
+from ceeh_jax.synthetic import task
+from ceeh_jax.synthetic import tokenizer as syn_tok
 
-if not flags.FLAGS.is_parsed():  # absltest's create_tempdir reads flags; pytest parses none
-  flags.FLAGS.mark_as_parsed()
 
 GOOD = None  # the label of a row the loader must keep
 DEEP = 100_000

@@ -1,6 +1,8 @@
 """Fidelity fixes checked against hand-computed numbers: flat groups get A = 0 exactly, DAPO
 overlong shaping reaches every method's advantages, LASER-D's fewest-correct counts, HAPO's
 unset marker, and the CEEH-ME schedule's released indexing (batch t of T at t/T)."""
+import test_util  # first: 8 CPU devices, repo on sys.path, XLA cache (before jax starts)
+
 import math
 
 from absl.testing import absltest

@@ -1,5 +1,7 @@
 """The package: pyproject.toml against requirements*.txt, what a wheel carries, and configs/data
 found both in a checkout and in an installed package (no repository root there)."""
+import test_util  # first: 8 CPU devices, repo on sys.path, XLA cache (before jax starts)
+
 import fnmatch
 import os
 import pathlib
@@ -9,22 +11,14 @@ import subprocess
 import sys
 import tomllib
 
-from absl import flags
 from absl.testing import absltest
 from absl.testing import parameterized
 from packaging.requirements import Requirement
-import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-  sys.path.insert(0, str(REPO))
-if 'pytest' in sys.modules:  # absltest.main parses absl's flags; under pytest nothing does
-  flags.FLAGS.mark_as_parsed()
+REPO = test_util.REPO
 
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from ceeh_jax import errors
 from ceeh_jax import shipped
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 PYPROJECT = tomllib.loads((REPO / 'pyproject.toml').read_text())
 # Folders whose every file a wheel must carry (the rest of the package is its .py modules).
@@ -165,7 +159,7 @@ class ShippedTest(parameterized.TestCase):
                            str(site / 'ceeh_jax/_shipped/configs/r1_1p5b.py'), '30'])
 
 
-@pytest.mark.slow
+@test_util.slow
 class WheelTest(absltest.TestCase):
   """A real wheel, installed apart from the checkout, runs the eval job from another folder."""
 

@@ -6,21 +6,19 @@ trains the default job first), `fresh-clone` ones in scripts/fresh_clone_check.s
 ones (a real checkpoint needed) say why. Each block runs in a fresh process in an empty
 folder, with this checkout importable, as a user who followed the README would run it.
 """
+import test_util  # first: 8 CPU devices, repo on sys.path, XLA cache (before jax starts)
+
 import os
 import pathlib
 import re
 import subprocess
 import sys
 
-from absl import flags
 from absl.testing import absltest
 from absl.testing import parameterized
-import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = test_util.REPO
 sys.path.insert(0, str(REPO / 'scripts'))
-if 'pytest' in sys.modules:  # absltest.main parses absl's flags; under pytest nothing does
-  flags.FLAGS.mark_as_parsed()
 
 import readme_blocks  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -88,7 +86,7 @@ class ReadmeFastBlocksTest(parameterized.TestCase):
       self.assertNotIn('<｜end▁of▁sentence｜>', out.stdout)
 
 
-@pytest.mark.slow
+@test_util.slow
 class ReadmeSlowBlocksTest(parameterized.TestCase):
 
   @parameterized.named_parameters(

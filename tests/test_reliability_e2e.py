@@ -1,23 +1,21 @@
 """Issue 19 end to end, through `python -m ceeh_jax.main` (subprocesses; minutes, slow tier):
 a checkpoint corrupted in place falls back to the bitwise-same final state; hostile data, an
 unencodable row and non-finite updates each end as one `error:` line with the right status."""
+import test_util  # first: 8 CPU devices, repo on sys.path, XLA cache (before jax starts)
+
 import json
 import os
 import subprocess
 import sys
 
-from absl import flags
 from absl.testing import absltest
 import numpy as np
-import pytest
 
 from ceeh_jax import fingerprint as fingerprint_lib
 from ceeh_jax import metric_writers
 
-if not flags.FLAGS.is_parsed():  # absltest's create_tempdir reads flags; pytest parses none
-  flags.FLAGS.mark_as_parsed()
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(test_util.REPO)
 
 # Nothing in this config depends on total_steps (constant lr without warmup, constant entropy
 # coefficient), so 4 steps then a rerun with 6 equals 6 straight.
@@ -46,7 +44,7 @@ def corrupt_middle(step_dir: str, nbytes: int = 4096, seed: int = 0) -> str:
   return biggest
 
 
-@pytest.mark.slow
+@test_util.slow
 class EndToEndTest(absltest.TestCase):
 
   def setUp(self):

@@ -1,36 +1,32 @@
 """The update guard covers the update itself, and a run never ends as a silent success with a
 broken final state (issue 19): NaN/Inf in the optimizer state (as a corrupt restore would
 leave) never reaches the params, and the run stops instead of finishing with garbage."""
+import test_util  # first: 8 CPU devices, repo on sys.path, XLA cache (before jax starts)
+
 import io
 import json
 import os
 import sys
 from unittest import mock
 
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
-os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # train_util under absltest
 
-from absl import flags  # noqa: E402
-from absl.testing import absltest  # noqa: E402
-from absl.testing import parameterized  # noqa: E402
-import functools  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+from absl.testing import absltest
+from absl.testing import parameterized
+import functools
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import train_util  # noqa: E402
-from ceeh_jax import default_config  # noqa: E402
-from ceeh_jax import errors  # noqa: E402
-from ceeh_jax import main as main_lib  # noqa: E402
-from ceeh_jax import metric_writers  # noqa: E402
-from ceeh_jax import steps as steps_lib  # noqa: E402
-from ceeh_jax import train as train_lib  # noqa: E402
-from ceeh_jax.models import qwen2 as qwen2_lib  # noqa: E402
-from ceeh_jax.models.config import QwenConfig  # noqa: E402
+import train_util
+from ceeh_jax import default_config
+from ceeh_jax import errors
+from ceeh_jax import main as main_lib
+from ceeh_jax import metric_writers
+from ceeh_jax import steps as steps_lib
+from ceeh_jax import train as train_lib
+from ceeh_jax.models import qwen2 as qwen2_lib
+from ceeh_jax.models.config import QwenConfig
 
-if not flags.FLAGS.is_parsed():  # absltest's create_tempdir reads flags; pytest parses none
-  flags.FLAGS.mark_as_parsed()
 
 R, P, M, Q = 4, 6, 5, 3
 

@@ -5,6 +5,8 @@ Each case runs `python -m ceeh_jax.main ...` (or `python -m ceeh_jax.compare`) i
 process, as a user would; the processes start together in setUpClass (each spends most of its
 ~3 s importing jax), and each test reads its own result.
 """
+import test_util  # first: 8 CPU devices, repo on sys.path, XLA cache (before jax starts)
+
 import concurrent.futures
 import json
 import os
@@ -17,7 +19,7 @@ import tempfile
 from absl.testing import absltest
 from absl.testing import parameterized
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = test_util.REPO
 
 # name -> (argv after `python -m`, expected stderr line). {tmp} is a scratch directory with:
 # empty/ (an empty directory), afile (a file), bad.jsonl (line 2 is not JSON); {work} is a
