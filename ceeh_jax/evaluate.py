@@ -149,7 +149,8 @@ def difficulty_hard(config, examples, difficulty):
   src = synthetic.resolve_data(config.data.train, config.eval.checkpoint_workdir, config.seed)
   try:
     train, _ = data_lib.load_examples(src, field_map=dict(config.data.field_map),
-                                      on_error=config.data.on_error)
+                                      on_error=config.data.on_error,
+                                      tfds_data_dir=config.data.tfds_data_dir or None)
   except (OSError, data_lib.DataError):
     return None
   if len(train) != acc_h.shape[0]:
@@ -179,7 +180,8 @@ def _load_benchmark(source: str, config, workdir: str):
     raise EvalError(f'benchmark {source!r}: no such file {resolved!r} (known names: '
                     f'{sorted(data_lib.BENCHMARKS)}, or synthetic:<split>:<n>, or a path)')
   examples, _ = data_lib.load_examples(path, field_map=dict(config.data.field_map),
-                                       on_error=config.data.on_error)
+                                       on_error=config.data.on_error,
+                                       tfds_data_dir=config.data.tfds_data_dir or None)
   limit = int(config.eval.get('limit', 0) or 0)
   return examples[:limit] if limit else examples
 

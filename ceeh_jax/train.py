@@ -101,9 +101,9 @@ def _add_lora(base, fresh):
 def load_data(config, tokenizer, workdir):
   """Training and eval examples with their encoded prompts (budget checked at load)."""
   d = config.data
-  field_map = dict(d.field_map)
-  train_src = synthetic.resolve_data(d.train, workdir, config.seed)
-  train, stats = data_lib.load_examples(train_src, field_map=field_map, on_error=d.on_error)
+  load = functools.partial(data_lib.load_examples, field_map=dict(d.field_map),
+                           on_error=d.on_error, tfds_data_dir=d.tfds_data_dir or None)
+  train, stats = load(synthetic.resolve_data(d.train, workdir, config.seed))
   if stats.skipped:
     print(f'data: skipped {stats.skipped} malformed rows of {d.train}: {stats.reasons}')
   encode = functools.partial(rollouts_lib.encode_prompts, tokenizer,
@@ -112,8 +112,7 @@ def load_data(config, tokenizer, workdir):
   train_prompts, n_trunc = encode(train, source=d.train)
   evals, eval_prompts = [], []
   if d.eval and d.eval_size:
-    evals, _ = data_lib.load_examples(synthetic.resolve_data(d.eval, workdir, config.seed),
-                                      field_map=field_map, on_error=d.on_error)
+    evals, _ = load(synthetic.resolve_data(d.eval, workdir, config.seed))
     evals = evals[:d.eval_size]
     eval_prompts, _ = encode(evals, source=d.eval)
   return train, train_prompts, evals, eval_prompts, n_trunc
