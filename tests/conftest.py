@@ -1,23 +1,21 @@
-"""Shared test setup: 8 fake CPU devices for every test process, repo paths."""
-import os
-import pathlib
-import sys
-import tempfile
+"""pytest's side of the absltest suites.
 
-# Must be set before jax initialises its backends; sharding tests need 8 devices.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+Every tests/test_*.py is an absltest suite that imports tests/test_util.py first; that module
+sets the process up (8 fake CPU devices, JAX on CPU, the repository on sys.path, the XLA
+compilation cache), so `python tests/test_x.py` and pytest run the same way. This file imports
+it for pytest too and marks absl's flags parsed (pytest never parses them, and absltest's
+`self.create_tempdir()` reads --test_tmpdir).
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-if str(REPO) not in sys.path:
-  sys.path.insert(0, str(REPO))
+The slow tier: `@test_util.slow` on a test class or test method adds pytest's `slow` marker.
+`python -m pytest -q -m "not slow"` (the README's command, .ci/run) runs the default tier,
+`python -m pytest -q -m slow` the slow one. A direct `python tests/test_x.py` runs a file's
+slow tests too, unless CEEH_SKIP_SLOW=1 is set.
+"""
+from absl import flags
 
-# Trainer tests rebuild the same jitted programs many times: a persistent compilation cache
-# turns the repeats into disk hits.
-import jax  # noqa: E402  (after XLA_FLAGS)
-XLA_CACHE = os.environ.get('CEEH_JAX_TEST_CACHE',
-                           os.path.join(tempfile.gettempdir(), 'ceeh_jax_test_xla_cache'))
-jax.config.update('jax_compilation_cache_dir', XLA_CACHE)
-jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
-jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+import test_util
+from test_util import REPO, SHARED, XLA_CACHE  # noqa: F401  pylint: disable=unused-import
+
+flags.FLAGS.mark_as_parsed()
+
+collect_ignore = ['test_util.py']  # the shared helper module, not a suite

@@ -1,28 +1,38 @@
 """Every config file's get_config() loads, validates and names a known method."""
-import glob
+import test_util  # first: 8 CPU devices, repo on sys.path, XLA cache (before jax starts)
+
 import importlib.util
 import os
 
-import pytest
+from absl.testing import absltest
+from absl.testing import parameterized
 
 from ceeh_jax import config_check
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FILES = sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py')) +
-               glob.glob(os.path.join(ROOT, 'configs', 'baselines', '*.py')))
+CONFIGS = test_util.REPO / 'configs'
+FILES = sorted(CONFIGS.glob('*.py')) + sorted(CONFIGS.glob('baselines/*.py'))
+# Case names: configs/tiny.py -> 'tiny', configs/baselines/dler.py -> 'baselines_dler'.
+CASES = [(str(f.relative_to(CONFIGS).with_suffix('')).replace(os.sep, '_'), str(f))
+         for f in FILES]
 
 
-@pytest.mark.parametrize('path', FILES, ids=[os.path.relpath(f, ROOT) for f in FILES])
-def test_config_loads_and_validates(path):
-  spec = importlib.util.spec_from_file_location('cfg', path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  config = mod.get_config()
-  if config.get('mode', 'train') == 'train':
-    if not config.model.hf_dir:  # the real recipes take the checkpoint on the command line
-      with pytest.raises(config_check.ConfigError, match='hf_dir'):
-        config_check.validate(config, num_devices=8)
-      config.model.hf_dir = '/ckpt/DeepSeek-R1-Distill-Qwen-1.5B'
-    config_check.validate(config, num_devices=8)
-  if 'baselines' in path:
-    assert config.method == os.path.splitext(os.path.basename(path))[0]
+class ConfigsTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(*CASES)
+  def test_config_loads_and_validates(self, path):
+    spec = importlib.util.spec_from_file_location('cfg', path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    config = mod.get_config()
+    if config.get('mode', 'train') == 'train':
+      if not config.model.hf_dir:  # the real recipes take the checkpoint on the command line
+        with self.assertRaisesRegex(config_check.ConfigError, 'hf_dir'):
+          config_check.validate(config, num_devices=8)
+        config.model.hf_dir = '/ckpt/DeepSeek-R1-Distill-Qwen-1.5B'
+      config_check.validate(config, num_devices=8)
+    if 'baselines' in path:
+      self.assertEqual(config.method, os.path.splitext(os.path.basename(path))[0])
+
+
+if __name__ == '__main__':
+  absltest.main()

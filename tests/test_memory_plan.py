@@ -1,30 +1,40 @@
 """experiments/memory_plan.py: AOT compile on abstract arrays gives positive per-device bytes."""
-import os
+import test_util  # first: 8 CPU devices, repo on sys.path, XLA cache (before jax starts)
+
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                'experiments'))
+from absl.testing import absltest
 
-import memory_plan  # noqa: E402  pylint: disable=g-import-not-at-top
+sys.path.insert(0, str(test_util.REPO / 'experiments'))
 
-
-def test_tiny_plan_on_8_devices_has_positive_numbers_and_a_row():
-  config = memory_plan.load_config('tiny')
-  res = memory_plan.plan(config, 8, prompt_len=16)
-  assert set(res) == {'train', 'decode'}
-  for r in res.values():
-    assert r['argument'] > 0 and r['output'] > 0 and r['total'] > 0
-    assert r['total'] >= r['temp'] >= 0
-  # Decode donates its state, so its cache output aliases the input.
-  assert res['decode']['alias'] > 0
-  line = memory_plan.row('train', config, 8, res['train'])
-  cells = [c.strip() for c in line.strip('|').split('|')]
-  assert cells[:4] == ['train', 'tiny', 'full', '8']
-  assert len(cells) == memory_plan.HEADER.splitlines()[0].count('|') - 1
-  assert 'TPU v5e-8' in cells[-2]  # a tiny model fits everywhere
+import memory_plan  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 
-def test_fits_thresholds():
-  assert memory_plan.fits(14.0) == 'TPU v5e-8, TPU v4-8, 8xH100'
-  assert memory_plan.fits(20.0) == 'TPU v4-8, 8xH100'
-  assert memory_plan.fits(75.0) == 'none'
+class MemoryPlanTest(absltest.TestCase):
+
+  def test_tiny_plan_on_8_devices_has_positive_numbers_and_a_row(self):
+    config = memory_plan.load_config('tiny')
+    res = memory_plan.plan(config, 8, prompt_len=16)
+    self.assertEqual(set(res), {'train', 'decode'})
+    for name, r in res.items():
+      self.assertGreater(r['argument'], 0, name)
+      self.assertGreater(r['output'], 0, name)
+      self.assertGreater(r['total'], 0, name)
+      self.assertGreaterEqual(r['total'], r['temp'], name)
+      self.assertGreaterEqual(r['temp'], 0, name)
+    # Decode donates its state, so its cache output aliases the input.
+    self.assertGreater(res['decode']['alias'], 0)
+    line = memory_plan.row('train', config, 8, res['train'])
+    cells = [c.strip() for c in line.strip('|').split('|')]
+    self.assertEqual(cells[:4], ['train', 'tiny', 'full', '8'])
+    self.assertLen(cells, memory_plan.HEADER.splitlines()[0].count('|') - 1)
+    self.assertIn('TPU v5e-8', cells[-2])  # a tiny model fits everywhere
+
+  def test_fits_thresholds(self):
+    self.assertEqual(memory_plan.fits(14.0), 'TPU v5e-8, TPU v4-8, 8xH100')
+    self.assertEqual(memory_plan.fits(20.0), 'TPU v4-8, 8xH100')
+    self.assertEqual(memory_plan.fits(75.0), 'none')
+
+
+if __name__ == '__main__':
+  absltest.main()

@@ -1,24 +1,22 @@
 """Both notebooks execute end to end on the tiny synthetic setup (quickstart trains 2 steps)."""
-import os
+import test_util  # first: 8 CPU devices, repo on sys.path, XLA cache (before jax starts)
 
+import os
+from unittest import mock
+
+from absl.testing import absltest
 import nbformat
-import pytest
 from nbclient import NotebookClient
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(test_util.REPO)
 
 
 def _run(name, env):
   nb = nbformat.read(os.path.join(REPO, 'notebooks', name), as_version=4)
-  old = dict(os.environ)
-  os.environ.update(env)
-  os.environ.pop('XLA_FLAGS', None)  # one device in the kernel, like a laptop
-  try:
+  with mock.patch.dict(os.environ, env):
+    os.environ.pop('XLA_FLAGS', None)  # one device in the kernel, like a laptop
     NotebookClient(nb, timeout=600, kernel_name='python3',
                    resources={'metadata': {'path': os.path.join(REPO, 'notebooks')}}).execute()
-  finally:
-    os.environ.clear()
-    os.environ.update(old)
   return nb
 
 
@@ -27,12 +25,22 @@ def _text(nb):
                    for o in c.get('outputs', []))
 
 
-@pytest.mark.slow
-def test_quickstart_then_analysis(tmp_path):
-  env = {'CEEH_WORKDIR': str(tmp_path), 'CEEH_REPO': REPO, 'CEEH_HEADLESS': '1',
-         'JAX_PLATFORMS': 'cpu'}
-  text = _text(_run('quickstart.ipynb', env))
-  assert 'correct=' in text and 'metrics.jsonl' in text
-  assert os.path.isdir(tmp_path / 'checkpoints')
-  text = _text(_run('analysis.ipynb', env))
-  assert 'metric records' in text and 'checkpoint step 2' in text and 'tokens)' in text
+@test_util.slow
+class NotebooksTest(absltest.TestCase):
+
+  def test_quickstart_then_analysis(self):
+    tmp_path = self.create_tempdir().full_path
+    env = {'CEEH_WORKDIR': tmp_path, 'CEEH_REPO': REPO, 'CEEH_HEADLESS': '1',
+           'JAX_PLATFORMS': 'cpu'}
+    text = _text(_run('quickstart.ipynb', env))
+    self.assertIn('correct=', text)
+    self.assertIn('metrics.jsonl', text)
+    self.assertTrue(os.path.isdir(os.path.join(tmp_path, 'checkpoints')))
+    text = _text(_run('analysis.ipynb', env))
+    self.assertIn('metric records', text)
+    self.assertIn('checkpoint step 2', text)
+    self.assertIn('tokens)', text)
+
+
+if __name__ == '__main__':
+  absltest.main()
