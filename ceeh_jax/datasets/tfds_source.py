@@ -142,7 +142,7 @@ def _plain(value):
 def rows(source: str, name: str, version: str | None, split: str | None,
          data_dir: str | None) -> Iterator[tuple[str, Any]]:
   """(where, row) for every row of a prepared dataset, in its order."""
-  ds, _ = open_source(name, version, split, data_dir or default_data_dir())
+  ds, _ = open_source(name, version, split, os.path.expanduser(data_dir or default_data_dir()))
   n = len(ds)
   for start in range(0, n, _READ_CHUNK):
     chunk = ds.__getitems__(list(range(start, min(n, start + _READ_CHUNK))))
