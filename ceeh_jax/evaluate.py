@@ -156,7 +156,8 @@ def difficulty_hard(config, examples, difficulty):
   src = synthetic.resolve_data(config.data.train, config.eval.checkpoint_workdir, config.seed)
   try:
     train, _ = data_lib.load_examples(src, field_map=dict(config.data.field_map),
-                                      on_error=config.data.on_error)
+                                      on_error=config.data.on_error,
+                                      tfds_data_dir=config.data.tfds_data_dir or None)
   except (OSError, data_lib.DataError):
     return None
   if len(train) != acc_h.shape[0]:
@@ -206,7 +207,8 @@ def _load_benchmark(source: str, config, workdir: str):
   _check_benchmark(source)
   path = synthetic.resolve_data(source, workdir, config.seed)
   examples, _ = data_lib.load_examples(path, field_map=dict(config.data.field_map),
-                                       on_error=config.data.on_error)
+                                       on_error=config.data.on_error,
+                                       tfds_data_dir=config.data.tfds_data_dir or None)
   limit = int(config.eval.get('limit', 0) or 0)
   return examples[:limit] if limit else examples
 

@@ -107,9 +107,9 @@ def _add_lora(base, fresh):
 def load_data(config, tokenizer, workdir):
   """Training and eval examples with their encoded prompts (budget checked at load)."""
   d = config.data
-  field_map = dict(d.field_map)
-  train_src = synthetic.resolve_data(d.train, workdir, config.seed)
-  train, stats = data_lib.load_examples(train_src, field_map=field_map, on_error=d.on_error)
+  load = functools.partial(data_lib.load_examples, field_map=dict(d.field_map),
+                           on_error=d.on_error, tfds_data_dir=d.tfds_data_dir or None)
+  train, stats = load(synthetic.resolve_data(d.train, workdir, config.seed))
   if stats.skipped:
     print(f'data: skipped {stats.skipped} malformed rows of {d.train}: {stats.reasons}')
   # Row by row where a row fails: an unencodable row is named (or skipped, on_error='skip').
@@ -120,8 +120,7 @@ def load_data(config, tokenizer, workdir):
   train, train_prompts, n_trunc, _ = encode(train, source=d.train)
   evals, eval_prompts = [], []
   if d.eval and d.eval_size:
-    evals, _ = data_lib.load_examples(synthetic.resolve_data(d.eval, workdir, config.seed),
-                                      field_map=field_map, on_error=d.on_error)
+    evals, _ = load(synthetic.resolve_data(d.eval, workdir, config.seed))
     evals, eval_prompts, _, _ = encode(evals[:d.eval_size], source=d.eval)
   return train, train_prompts, evals, eval_prompts, n_trunc
 
