@@ -62,6 +62,10 @@ def validate(config, num_devices: int | None = None) -> None:
     raise ConfigError(f"config.old_logp must be 'recompute' or 'sampler', got {config.old_logp!r}")
   if config.data.on_error not in ('raise', 'skip'):
     raise ConfigError(f"config.data.on_error must be 'raise' or 'skip', got {config.data.on_error!r}")
+  if config.overlong.enabled and config.method == 'egrc':
+    raise ConfigError('config.overlong.enabled=True has no defined meaning with method egrc: its '
+                      'compression stage clips at length_clip and its exploration stage has its '
+                      'own length penalty (method_hparams.penalty_per_1k)')
   if config.ceeh.entropy_schedule not in ('cosine', 'anneal_weight', 'constant'):
     raise ConfigError(f'config.ceeh.entropy_schedule: unknown {config.ceeh.entropy_schedule!r}')
   from ceeh_jax.models import config as model_config_lib  # pylint: disable=g-import-not-at-top

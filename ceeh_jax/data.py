@@ -1,8 +1,9 @@
 """Math problems from local files: loading with row validation, fingerprint, epoch iterator.
 
 A source is a path (`.jsonl`, `.json` holding a list of objects, `.parquet`),
-`tfds:<name>[:<split>]` (tensorflow-datasets, imported only then), or the short name of a
-vendored benchmark in `data/` (BENCHMARKS). Rows become `Example(id, problem, answer, meta)`;
+`tfds:<name>[:<version>][:<split>]` (a TFDS dataset prepared in the TFDS data dir, read by
+random access without TensorFlow: datasets/tfds_source.py), or the short name of a vendored
+benchmark in `data/` (BENCHMARKS). Rows become `Example(id, problem, answer, meta)`;
 `field_map` renames the file's keys (dotted paths reach into nested objects, and `id: None`
 numbers the rows `<stem>-<index>`). A malformed row raises DataError naming the file and the
 1-based line (JSONL) or row; with `on_error='skip'` it is dropped and counted by reason. No
@@ -23,8 +24,10 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from ceeh_jax import errors
+from ceeh_jax import shipped
 
-DATA_DIR = pathlib.Path(__file__).resolve().parents[1] / 'data'
+# The vendored benchmarks (data/README.md): the checkout's data/, or the installed package's copy.
+DATA_DIR = shipped.path('data')
 BENCHMARKS = {
     'gsm8k': 'gsm8k.jsonl', 'math500': 'math500.jsonl', 'aime24': 'aime24.jsonl',
     'aime25': 'aime25.jsonl', 'amc23': 'amc23.jsonl', 'minerva': 'minerva_math.jsonl',
@@ -37,7 +40,8 @@ REASONS = ('bad_json', 'bad_utf8', 'too_deep', 'bad_number', 'not_object', 'miss
            'empty_field', 'wrong_type', 'duplicate_id', 'problem_too_long', 'bad_value')
 _BOM = b'\xef\xbb\xbf'
 _FIELDS = ('id', 'problem', 'answer')
-_TFDS = re.compile(r'tfds:(?P<name>[^:\[]+(?::\d+(?:\.\d+)*)?)(?::(?P<split>.+))?$')
+_TFDS = re.compile(r'tfds:(?P<name>[^:\[]+)(?::(?P<version>\d+(?:\.\d+)*))?'
+                   r'(?::(?P<split>.+))?$')
 
 
 class DataError(errors.UserError, ValueError):
@@ -137,27 +141,28 @@ def _parquet_rows(path: pathlib.Path) -> Iterator[tuple[str, Any]]:
     yield f'{path}: row {i}', row
 
 
-def _tfds_rows(source: str) -> Iterator[tuple[str, Any]]:
+def _tfds_rows(source: str, data_dir: str | None) -> Iterator[tuple[str, Any]]:
   m = _TFDS.match(source)
   if not m:
-    raise ValueError(f'{source!r}: expected tfds:<name>[:<split>], e.g. tfds:gsm8k:test')
-  name, split = m['name'], m['split'] or 'train'
+    raise DataError(f'{source!r}: expected tfds:<name>[:<version>][:<split>], e.g. '
+                    'tfds:ceeh_math/math500 or tfds:my_set:1.0.0:train[:100]')
   try:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    import tensorflow_datasets  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError as e:
-    raise ImportError(f'{source} needs tensorflow-datasets (and tensorflow), which are not '
-                      'installed: pip install tensorflow-datasets tensorflow') from e
-  for i, ex in enumerate(tfds.as_numpy(tfds.load(name, split=split)), 1):
-    yield f'{source}: row {i}', dict(ex)
+    raise ImportError(f'{source} needs tensorflow-datasets, which is not installed: pip '
+                      'install tensorflow-datasets array-record (see requirements.txt; '
+                      'TensorFlow is not needed)') from e
+  from ceeh_jax.datasets import tfds_source  # pylint: disable=g-import-not-at-top
+  return tfds_source.rows(source, m['name'], m['version'], m['split'], data_dir)
 
 
-def _rows(source: str) -> Iterator[tuple[str, Any]]:
+def _rows(source: str, tfds_data_dir: str | None) -> Iterator[tuple[str, Any]]:
   if source.startswith('tfds:'):
-    return _tfds_rows(source)
+    return _tfds_rows(source, tfds_data_dir)
   path = pathlib.Path(source)
   if not path.is_file():
-    raise FileNotFoundError(f'data source {source!r} is not a file (benchmark names: '
-                            f'{", ".join(sorted(BENCHMARKS))}; or tfds:<name>[:<split>])')
+    raise errors.MissingFileError(f'data source {source!r} is not a file (benchmark names: '
+                                  f'{", ".join(sorted(BENCHMARKS))}; or tfds:<name>[:<split>])')
   readers = {'.jsonl': _jsonl_rows, '.ndjson': _jsonl_rows, '.json': _json_rows,
              '.parquet': _parquet_rows}
   if path.suffix not in readers:
@@ -239,16 +244,18 @@ def _example(row, index: int, fields: dict, stem: str, max_problem_chars) -> Exa
 
 
 def load_examples(source: str, *, field_map: Mapping[str, str | None] | None = None,
-                  on_error: str = 'raise',
-                  max_problem_chars: int | None = None) -> tuple[list[Example], LoadStats]:
+                  on_error: str = 'raise', max_problem_chars: int | None = None,
+                  tfds_data_dir: str | None = None) -> tuple[list[Example], LoadStats]:
   """Reads and validates every row of `source` -> (examples in file order, LoadStats).
 
   Args:
-    source: a path, `tfds:<name>[:<split>]`, or a benchmark name (BENCHMARKS).
+    source: a path, `tfds:<name>[:<version>][:<split>]`, or a benchmark name (BENCHMARKS).
     field_map: our name ('id', 'problem', 'answer') -> the file's key (dotted for nested);
       unnamed fields map to themselves; `'id': None` numbers rows `<stem>-<0-based index>`.
     on_error: 'raise' (DataError naming file and line) or 'skip' (counted in LoadStats).
     max_problem_chars: longer problems are malformed rows ('problem_too_long').
+    tfds_data_dir: where `tfds:` datasets are prepared (None: $TFDS_DATA_DIR, else
+      ~/tensorflow_datasets).
   """
   if on_error not in ('raise', 'skip'):
     raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -262,7 +269,7 @@ def load_examples(source: str, *, field_map: Mapping[str, str | None] | None = N
   stem = pathlib.Path(path).stem if not path.startswith('tfds:') else path[5:]
   examples, first_seen = [], {}
   stats = LoadStats(source=path)
-  for where, row in _rows(path):
+  for where, row in _rows(path, tfds_data_dir):
     try:
       try:
         ex = _example(row, stats.rows, fields, stem, max_problem_chars)

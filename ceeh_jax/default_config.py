@@ -45,6 +45,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.train = 'deepscaler2k'    # JSONL/JSON/Parquet path, `tfds:<name>`, or a benchmark name
   c.data.eval = 'math500'
+  # Where `tfds:` sources are prepared; '' = $TFDS_DATA_DIR, else ~/tensorflow_datasets.
+  # `tfds:ceeh_math/<benchmark>` is prepared there on first use (python -m
+  # ceeh_jax.datasets.prepare does it ahead of time).
+  c.data.tfds_data_dir = ''
   c.data.eval_size = 64            # held-out slice used by the periodic eval hook
   c.data.field_map = ml_collections.ConfigDict({'id': 'id', 'problem': 'problem',
                                                 'answer': 'answer'})

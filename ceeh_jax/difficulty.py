@@ -34,9 +34,12 @@ len_x is set. It lasts one batch.
 
 `compat=True` reproduces the released code's quirks: the threshold averages acc_h over all Q
 questions with unseen ones counting −1 (so with little history nothing is hard), and an acc_h
-of exactly 0 is unset: it is overwritten (not averaged) by the next observation and fails the
-gate. (The update itself never leaves acc_h == 0 next to a set len_x, so the gate quirk only
-shows on states built or loaded by hand.)
+of exactly 0 is unset: it is overwritten (not averaged) by the next observation. The released
+gate (`compute_length_reward`) checks only `current_acc < acc_records` (and a set len_x), so in
+compat the gate does not ask for acc_h to be set: an acc_h of 0 (or −1) never blocks it.
+The default gate does ask, which changes nothing reachable: len_x is set only together with
+acc_h (both move when a question has a correct response), so "acc_h set" is implied by
+len_x > 0 unless a state is built or loaded by hand.
 
 Question ids: eagerly, an id outside [0, Q) raises ValueError (`check_qids`). Under jit, the
 host is expected to have checked them; `check_ids=True` adds a `checkify` check for use under
@@ -147,8 +150,9 @@ def ceeh_step(state, qids, correct, boxed, lengths, *, group_size: int, lam=0.1,
   # Steps 1 and 3: base reward plus the length reward of correct answers (state before).
   base = jnp.where(correct, reward_correct, jnp.where(boxed, reward_boxed, reward_none))
   lx = gather(len_x)
-  acc_set = gather((~unset_acc).astype(jnp.float32)) > 0
-  gate = acc_set & (acc_i >= gather(acc_h)) & (lx > 0)
+  gate = (acc_i >= gather(acc_h)) & (lx > 0)
+  if not compat:  # the released gate does not ask for a set acc_h (module docstring)
+    gate = gate & (gather((~unset_acc).astype(jnp.float32)) > 0)
   len_r = jnp.maximum(min_len_reward, lam * (lx - length) / jnp.where(lx > 0, lx, 1.0))
   len_r = jnp.where(correct & gate, len_r, 0.0)
   rewards = jnp.where(valid, base + len_r, jnp.nan)

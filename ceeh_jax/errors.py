@@ -16,3 +16,10 @@ class UserError(Exception):
 class RunError(Exception):
   """A run that failed on its own terms (persistent NaN updates, a final state that is not
   finite or whose accuracy collapsed): reported as `error: <message>`, exit status 1."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+  """A file or directory the user named (model, tokenizer, data, results) does not exist.
+
+  Still a FileNotFoundError, so callers that catch that keep working.
+  """

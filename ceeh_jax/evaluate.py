@@ -29,6 +29,7 @@ import math
 import os
 import time
 
+from absl import logging as absl_logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,6 +42,7 @@ from ceeh_jax import grading as grading_lib
 from ceeh_jax import hf_io
 from ceeh_jax import metrics as metrics_lib
 from ceeh_jax import policy as policy_lib
+from ceeh_jax import preflight
 from ceeh_jax import rollouts as rollouts_lib
 from ceeh_jax import sampler as sampler_lib
 from ceeh_jax import sharding as sharding_lib
@@ -105,10 +107,15 @@ def load_model(config, mesh, rules):
     if not os.path.isdir(ckpt_dir):
       raise EvalError(f'config.eval.checkpoint_workdir={ckpt_dir!r} does not exist')
     from ceeh_jax import fingerprint  # pylint: disable=g-import-not-at-top
+    level = absl_logging.get_verbosity()
+    if level <= absl_logging.WARNING:  # orbax warns that a read-only manager turns saving off
+      absl_logging.set_verbosity(absl_logging.ERROR)  # (three W-lines in every eval): noise
     try:
       step, state = fingerprint.load_latest_state(ckpt_dir)
     except FileNotFoundError as e:
       raise EvalError(f'config.eval.checkpoint_workdir={ckpt_dir!r}: {e}') from None
+    finally:
+      absl_logging.set_verbosity(level)
     model_cfg = model_config(config)
     params = state['params']
     if model_cfg.lora_rank:  # the checkpoint holds the adapters; the base is config.model's
@@ -155,7 +162,8 @@ def difficulty_hard(config, examples, difficulty):
   src = synthetic.resolve_data(config.data.train, config.eval.checkpoint_workdir, config.seed)
   try:
     train, _ = data_lib.load_examples(src, field_map=dict(config.data.field_map),
-                                      on_error=config.data.on_error)
+                                      on_error=config.data.on_error,
+                                      tfds_data_dir=config.data.tfds_data_dir or None)
   except (OSError, data_lib.DataError):
     return None
   if len(train) != acc_h.shape[0]:
@@ -178,14 +186,35 @@ def meta_hard(examples):
 # Evaluation.
 # ---------------------------------------------------------------------------------------------
 
-def _load_benchmark(source: str, config, workdir: str):
-  path = synthetic.resolve_data(source, workdir, config.seed)
-  resolved = data_lib.resolve(path)
-  if not resolved.startswith('tfds:') and not os.path.exists(resolved):
+def _check_benchmark(source: str) -> None:
+  if source.startswith(('synthetic:', 'tfds:')):
+    preflight.check_source('config.eval.benchmarks', source)  # the form; generated or fetched
+    return
+  resolved = data_lib.resolve(source)
+  if not os.path.exists(resolved):
     raise EvalError(f'benchmark {source!r}: no such file {resolved!r} (known names: '
                     f'{sorted(data_lib.BENCHMARKS)}, or synthetic:<split>:<n>, or a path)')
+
+
+def check_inputs(config, workdir: str) -> None:
+  """Everything `run` reads, checked before it writes anything (a bad input leaves no workdir)."""
+  ev = config.eval
+  preflight.check_workdir(workdir)
+  ckpt = ev.get('checkpoint_workdir', '')
+  if ckpt and not os.path.isdir(ckpt):
+    raise EvalError(f'config.eval.checkpoint_workdir={ckpt!r} does not exist')
+  preflight.check_model(config, weights=not ckpt)  # a checkpoint takes its architecture from it
+  for source in ev.benchmarks:
+    _check_benchmark(source)
+  load_base(ev.get('base_results', ''))
+
+
+def _load_benchmark(source: str, config, workdir: str):
+  _check_benchmark(source)
+  path = synthetic.resolve_data(source, workdir, config.seed)
   examples, _ = data_lib.load_examples(path, field_map=dict(config.data.field_map),
-                                       on_error=config.data.on_error)
+                                       on_error=config.data.on_error,
+                                       tfds_data_dir=config.data.tfds_data_dir or None)
   limit = int(config.eval.get('limit', 0) or 0)
   return examples[:limit] if limit else examples
 
@@ -239,7 +268,9 @@ def run(config, workdir: str) -> dict:
   benchmarks = list(ev.benchmarks)
   if not benchmarks:
     raise EvalError('config.eval.benchmarks is empty')
-  os.makedirs(workdir, exist_ok=True)
+  # Every input checked before anything is written: a bad one leaves no workdir behind.
+  check_inputs(config, workdir)
+  tokenizer = preflight.load_tokenizer(config)
   main = dist_lib.is_main()  # the one process that writes samples, results and plots
   base = load_base(ev.get('base_results', ''))
   rules = sharding_lib.rules_from_config(config.mesh.rules)
@@ -248,8 +279,7 @@ def run(config, workdir: str) -> dict:
   # Data first: a missing benchmark fails before the model is read.
   loaded = [(src, bench_name(src), _load_benchmark(src, config, workdir)) for src in benchmarks]
   model_cfg, params, info, difficulty = load_model(config, mesh, rules)
-  tok_dir = config.tokenizer_dir or config.model.hf_dir
-  tokenizer = tokenizer_lib.load_tokenizer(synthetic.resolve_model_dir(tok_dir))
+  os.makedirs(workdir, exist_ok=True)
   stops = tuple(tokenizer_lib.stop_ids(tokenizer))
   pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
   sample_cfg = model_cfg.replace(dtype=config.model.sample_dtype)
@@ -346,7 +376,7 @@ def run(config, workdir: str) -> dict:
 
 def _fmt(v, digits=3):
   if v is None:
-    return '-'
+    return '—'
   if isinstance(v, float) and not math.isfinite(v):
     return str(v)
   return f'{v:.{digits}f}' if isinstance(v, float) else str(v)

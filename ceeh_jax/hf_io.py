@@ -164,12 +164,12 @@ class _Checkpoint:
     elif os.path.exists(single):
       self.source, weight_map, files = single, None, [SINGLE_FILE]
     else:
-      raise FileNotFoundError(f'{model_dir} has neither {SINGLE_FILE} nor {INDEX_FILE}')
+      raise errors.MissingFileError(f'{model_dir} has neither {SINGLE_FILE} nor {INDEX_FILE}')
     self.tensors = {}
     for fname in files:
       path = os.path.join(model_dir, fname)
       if not os.path.exists(path):
-        raise FileNotFoundError(f'{path} is listed in {index} but does not exist')
+        raise errors.MissingFileError(f'{path} is listed in {index} but does not exist')
       with safetensors.safe_open(path, framework='numpy') as fh:
         for name in fh.keys():
           sl = fh.get_slice(name)
@@ -303,7 +303,7 @@ def load_hf(model_dir, *, mesh=None, rules=sharding_lib.DEFAULT_RULES, dtype=Non
   """
   model_dir = os.fspath(model_dir)
   if not os.path.isfile(os.path.join(model_dir, 'config.json')):
-    raise FileNotFoundError(f'{model_dir} has no config.json (not a HF model directory)')
+    raise errors.MissingFileError(f'{model_dir} has no config.json (not a HF model directory)')
   config = QwenConfig.from_hf(model_dir)
   if dtype is not None:
     config = config.replace(param_dtype=jnp.dtype(dtype).name)
@@ -400,7 +400,7 @@ def save_hf(params, config: QwenConfig, out_dir, *, dtype: str = 'float32',
   if any(p[-1] == 'lora_a' for p in flat) and not config.lora_rank:
     raise ValueError('params hold LoRA adapters but config.lora_rank is 0 (scale unknown)')
   if tokenizer_dir is not None and not os.path.isdir(tokenizer_dir):
-    raise FileNotFoundError(f'tokenizer directory {tokenizer_dir} does not exist')
+    raise errors.MissingFileError(f'tokenizer directory {tokenizer_dir} does not exist')
   mapping = param_mapping(config)
   stray = [p for p in flat if p not in mapping and p[-1] not in ('lora_a', 'lora_b')]
   if stray:

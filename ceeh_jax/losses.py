@@ -30,16 +30,32 @@ def _per_token(advantages):
 
 
 def group_advantages(rewards, group_size: int, *, std_normalize: bool = False, eps: float = 1e-6):
-  """f32[R] -> f32[R]: A = r − mean_g(r), optionally / (std_g(r, ddof=1) + eps)."""
+  """f32[R] -> f32[R]: A = r − mean_g(r), optionally / (std_g(r, ddof=1) + eps).
+
+  A group whose rewards are all equal gets exactly 0. Its float32 mean need not equal the
+  common value (twelve rewards of 1.1 average to 1.1000001), and dividing that residue by
+  std + eps = 0 + 1e-6 would give each response A ≈ −0.1: a push from a group with no signal.
+  """
   if rewards.ndim != 1 or rewards.shape[0] % group_size:
     raise ValueError(f'rewards of shape {rewards.shape} are not whole groups of {group_size}')
+  if std_normalize and group_size < 2:
+    raise ValueError('std_normalize needs group_size >= 2 (ddof=1)')
   r = rewards.astype(jnp.float32).reshape(-1, group_size)
-  adv = r - r.mean(axis=1, keepdims=True)
-  if std_normalize:
-    if group_size < 2:
-      raise ValueError('std_normalize needs group_size >= 2 (ddof=1)')
-    adv = adv / (jnp.std(r, axis=1, ddof=1, keepdims=True) + eps)
-  return adv.reshape(-1)
+  return centred_rewards(r, axis=1, std_normalize=std_normalize, eps=eps).reshape(-1)
+
+
+def centred_rewards(x, axis=None, *, std_normalize: bool = False, eps: float = 1e-6):
+  """x − mean(x), optionally / (std(x, ddof=1) + eps), over `axis` (None: all of x).
+
+  Exactly 0 wherever the values reduced over are all equal (see `group_advantages`); used for
+  group baselines (axis 1 of [B, G]) and batch baselines (EGRC's 'batch' reading).
+  """
+  x = x.astype(jnp.float32)
+  flat = x.max(axis=axis, keepdims=True) == x.min(axis=axis, keepdims=True)
+  centred = jnp.where(flat, 0.0, x - x.mean(axis=axis, keepdims=True))
+  if not std_normalize:
+    return centred
+  return centred / (jnp.std(x, axis=axis, ddof=1, keepdims=True) + eps)
 
 
 def ppo_clip_loss(logp, old_logp, advantages, mask, *, eps_low: float = 0.2,

@@ -82,12 +82,3 @@ class MetricWriter:
 def read_metrics(workdir: str, filename: str = 'metrics.jsonl') -> list[dict]:
   with open(os.path.join(workdir, filename)) as f:
     return [json.loads(line) for line in f if line.strip()]
-
-
-def console_line(rec: dict, keys=('acc', 'length', 'reward/mean', 'entropy', 'hard_fraction',
-                                  'loss', 'tokens_per_s')) -> str:
-  parts = []
-  for k in keys:
-    if k in rec and isinstance(rec[k], float):
-      parts.append(f'{k}={rec[k]:.4g}')
-  return ' '.join(parts)

@@ -50,8 +50,9 @@ def encode_examples(tokenizer, examples, *, instruction, think_prefix, max_token
   except tokenizer_lib.EncodeError as e:
     if on_error != 'skip':
       raise data_lib.DataError(
-          f'{source}: row {e.index + 1} (id {examples[e.index].id!r}) cannot be encoded: {e}. '
-          "Fix or drop the row, or set data.on_error='skip' to skip such rows.") from None
+          f'{source}: row {e.index + 1} (id {examples[e.index].id!r}) cannot be encoded by the '
+          f'tokenizer ({e.reason}): prompt {e.shown}. Fix or drop the row, or set '
+          "data.on_error='skip' to skip such rows.") from None
     # Row by row (the slow path, only when some row fails): keep what encodes.
     kept, ids = [], []
     for ex, text in zip(examples, texts):

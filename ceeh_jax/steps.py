@@ -179,6 +179,14 @@ def _micro(tree, micro_batch: int):
 # rollout_update: difficulty state, rewards, advantages (once per rollout batch).
 # ---------------------------------------------------------------------------------------------
 
+def overlong_shaping(config: ml_collections.ConfigDict, lengths):
+  """f32[R] DAPO overlong penalty of `lengths` when config.overlong is on, else None."""
+  o = config.overlong
+  if not o.enabled:
+    return None
+  return methods_lib.dapo_overlong_penalty(jnp.asarray(lengths), o.max_len, o.cache_len)
+
+
 def rollout_update(state: TrainState, qids, correct, boxed, lengths, truncated, *,
                    config: ml_collections.ConfigDict, group_size: int, extra=None):
   """Updates the difficulty state -> (state, rewards, advantages, hard, keep, metrics).
@@ -201,22 +209,23 @@ def rollout_update(state: TrainState, qids, correct, boxed, lengths, truncated, 
   method = config.method
   step = state.step
   keep = jnp.ones(correct.shape, bool)  # rows that enter the objective
+  shaping = overlong_shaping(config, lengths)  # enters the rewards before any advantage
+  if shaping is not None:
+    metrics['reward/overlong'] = shaping.mean()
   if method in CEEH_METHODS:
     rewards, advantages, method_state = ceeh_rewards, None, diff['method']
+    if shaping is not None:
+      rewards = rewards + shaping
   else:
     inputs = methods_lib.RewardInputs(correct=correct, boxed=boxed, lengths=lengths,
-                                      truncated=truncated, qids=qids, **(extra or {}))
+                                      truncated=truncated, qids=qids, shaping=shaping,
+                                      **(extra or {}))
     out = methods_lib.compute(method, config.method_hparams, inputs, diff['method'], step,
                               group_size=group_size)
     rewards, advantages, method_state = out.rewards, out.advantages, out.new_state
     metrics.update({f'method/{k}': v for k, v in out.metrics.items()})
     if methods_lib.loss_mask(out) is not None:  # EGRC compression: positive samples only
       keep = methods_lib.loss_mask(out)
-  if config.overlong.enabled:
-    penalty = methods_lib.dapo_overlong_penalty(lengths, config.overlong.max_len,
-                                                config.overlong.cache_len)
-    rewards = rewards + penalty
-    metrics['reward/overlong'] = penalty.mean()
   if advantages is None:
     advantages = losses_lib.group_advantages(rewards, group_size,
                                              std_normalize=config.grpo.std_normalize)
@@ -234,7 +243,10 @@ def rollout_update(state: TrainState, qids, correct, boxed, lengths, truncated, 
 # ---------------------------------------------------------------------------------------------
 
 def entropy_schedule(config, step):
-  """(entropy coefficient, hard weight) at RL iteration `step` (CEEH-ME, DESIGN.md step 5)."""
+  """(entropy coefficient, hard weight) at RL iteration `step` in 1..T (CEEH-ME, DESIGN.md step 5).
+
+  Batch t of T uses progress t/T, as the released actor's `global_steps / T` does.
+  """
   c = config.ceeh
   total = config.total_steps
   if c.entropy_schedule == 'cosine':
@@ -335,7 +347,9 @@ def train_step(state: TrainState, batch: Batch, temperature, ref_params=None, *,
   `ref_params`: the KL reference of a full fine-tune (see `minibatch_loss`); None with LoRA.
   """
   lora = model_cfg.lora_rank > 0
-  it = state.step - 1  # rollout_update already advanced the step for this batch
+  # rollout_update already advanced the step: batch t of T trains at state.step = t (1..T),
+  # the released actor's `global_steps / T` (first batch coef 0.001·½(1 + cos(π/T)), last 0).
+  it = state.step
   train, frozen = split_params(state.params, lora)
   loss, aux, grads = minibatch_loss(train, frozen, batch, temperature, it, ref_params,
                                     config=config, model_cfg=model_cfg)

@@ -19,18 +19,24 @@ DEFAULT_INSTRUCTION = 'Please reason step by step, and put your final answer wit
 THINK_PREFIX = '<think>\n'
 R1_EOS = '<｜end▁of▁sentence｜>'
 _TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'vocab.json')
+# The real DeepSeek-R1-Distill-Qwen tokenizer, shipped in the package (provenance and license:
+# its README.md): tests and weights-only checkpoints use it without any download.
+R1_TOKENIZER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'r1_tokenizer')
 
 
 def load_tokenizer(path):
   """`transformers.AutoTokenizer` from a local directory (never the hub)."""
+  # Only tokenizers come from transformers here: its import-time advice that PyTorch is missing
+  # (models unavailable) is noise to a user of this package, the first line a fresh install saw.
+  os.environ.setdefault('TRANSFORMERS_NO_ADVISORY_WARNINGS', '1')
   import transformers  # pylint: disable=g-import-not-at-top  (heavy; only tokenizer users pay)
   if not path:
     raise ValueError('no tokenizer directory given (config.tokenizer_dir or model.hf_dir)')
   path = os.fspath(path)
   if not os.path.isdir(path):
-    raise FileNotFoundError(f'tokenizer directory {path!r} does not exist')
+    raise errors.MissingFileError(f'tokenizer directory {path!r} does not exist')
   if not any(os.path.exists(os.path.join(path, f)) for f in _TOKENIZER_FILES):
-    raise FileNotFoundError(f'{path!r} has no tokenizer files (one of {_TOKENIZER_FILES})')
+    raise errors.MissingFileError(f'{path!r} has no tokenizer files (one of {_TOKENIZER_FILES})')
   # A generic fast tokenizer saved next to a model's config.json would be re-typed by
   # AutoTokenizer from the model type (qwen2 -> Qwen2Tokenizer, whose byte-level pre-tokenizer
   # replaces the saved one); honour the class the tokenizer files name.
@@ -73,9 +79,10 @@ class EncodeError(errors.UserError, ValueError):
   """A text the tokenizer cannot encode (e.g. a word-level vocabulary without an unknown
   token); `index` is its position in the list given to `encode_prompts`."""
 
-  def __init__(self, message: str, index: int):
-    super().__init__(message)
-    self.index = index
+  def __init__(self, index: int, reason: str, text: str):
+    shown = f'{text[:80]!r}{"..." if len(text) > 80 else ""}'
+    super().__init__(f'the tokenizer cannot encode text {index} ({reason}): {shown}')
+    self.index, self.reason, self.shown = index, reason, shown
 
 
 def encode_prompts(tokenizer, texts: Sequence[str]) -> list[list[int]]:
@@ -105,9 +112,7 @@ def _encode_one(tokenizer, text: str, index: int) -> list[int]:
   try:
     return tokenizer(text, add_special_tokens=False)['input_ids']
   except Exception as e:  # noqa: BLE001 - the tokenizers library raises plain Exception
-    reason = ' '.join(str(e).split())[:200] or type(e).__name__
-    raise EncodeError(f'the tokenizer cannot encode text {index} ({reason}): '
-                      f'{text[:80]!r}{"..." if len(text) > 80 else ""}', index) from None
+    raise EncodeError(index, ' '.join(str(e).split())[:200] or type(e).__name__, text) from None
 
 
 def stop_ids(tokenizer) -> list[int]:

@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tqdm
 
 from ceeh_jax import checkpointing as ckpt_lib
 from ceeh_jax import config_check
@@ -30,6 +29,8 @@ from ceeh_jax import methods as methods_lib
 from ceeh_jax import metric_writers
 from ceeh_jax import metrics as metrics_lib
 from ceeh_jax import policy as policy_lib
+from ceeh_jax import preflight
+from ceeh_jax import progress
 from ceeh_jax import rollouts as rollouts_lib
 from ceeh_jax import sampler as sampler_lib
 from ceeh_jax import sharding as sharding_lib
@@ -81,9 +82,9 @@ class BrokenFinalState(errors.RunError):
 def load_data(config, tokenizer, workdir):
   """Training and eval examples with their encoded prompts (budget checked at load)."""
   d = config.data
-  field_map = dict(d.field_map)
-  train_src = synthetic.resolve_data(d.train, workdir, config.seed)
-  train, stats = data_lib.load_examples(train_src, field_map=field_map, on_error=d.on_error)
+  load = functools.partial(data_lib.load_examples, field_map=dict(d.field_map),
+                           on_error=d.on_error, tfds_data_dir=d.tfds_data_dir or None)
+  train, stats = load(synthetic.resolve_data(d.train, workdir, config.seed))
   if stats.skipped:
     print(f'data: skipped {stats.skipped} malformed rows of {d.train}: {stats.reasons}')
   # Row by row where a row fails: an unencodable row is named (or skipped, on_error='skip').
@@ -94,8 +95,7 @@ def load_data(config, tokenizer, workdir):
   train, train_prompts, n_trunc, _ = encode(train, source=d.train)
   evals, eval_prompts = [], []
   if d.eval and d.eval_size:
-    evals, _ = data_lib.load_examples(synthetic.resolve_data(d.eval, workdir, config.seed),
-                                      field_map=field_map, on_error=d.on_error)
+    evals, _ = load(synthetic.resolve_data(d.eval, workdir, config.seed))
     evals, eval_prompts, _, _ = encode(evals[:d.eval_size], source=d.eval)
   return train, train_prompts, evals, eval_prompts, n_trunc
 
@@ -107,8 +107,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   `stop_after` ends this process after that many steps (as a preemption would), leaving the
   schedule of the full run untouched; tests use it to check resume == uninterrupted.
   """
+  # Every input checked before anything is written: a bad one leaves no workdir behind.
   config_check.validate(config)
-  os.makedirs(workdir, exist_ok=True)
+  preflight.check_train(config, workdir)
+  tokenizer = preflight.load_tokenizer(config)
   main = dist_lib.is_main()  # the one process that writes logs, metrics and reports
   g = config.sampling.num_samples
 
@@ -117,9 +119,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = sharding_lib.make_mesh(config.mesh.shape)
 
   # --- Data --------------------------------------------------------------------------------
-  tokenizer = tokenizer_lib.load_tokenizer(
-      synthetic.resolve_model_dir(config.tokenizer_dir or config.model.hf_dir))
   train, train_prompts, evals, eval_prompts, n_trunc = load_data(config, tokenizer, workdir)
+  os.makedirs(workdir, exist_ok=True)  # data read: the inputs are good
   fingerprint = data_lib.dataset_fingerprint(train)
   iterator = data_lib.EpochIterator(len(train), config.batch_size, config.seed)
   stop_ids = tuple(tokenizer_lib.stop_ids(tokenizer))
@@ -235,15 +236,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   def informative(d: Draw, state, step) -> np.ndarray:
     inputs = methods_lib.RewardInputs(correct=d.correct, boxed=d.boxed, lengths=d.lengths,
-                                      truncated=d.truncated, qids=np.repeat(d.idx, g))
+                                      truncated=d.truncated, qids=np.repeat(d.idx, g),
+                                      shaping=steps_lib.overlong_shaping(config, d.lengths))
     return methods_lib.informative(config.method, hparams, inputs, state.difficulty['method'],
                                    step, group_size=g)
 
   # --- Base-policy eval (once per workdir, kept for the closing table) ---------------------
+  bar = progress.StepBar(config.total_steps, start, config.method,
+                         enabled=bool(config.progress and main))
   eval_rng = jax.random.key(config.seed + 17)  # the same eval draws for base and final
   base_path = os.path.join(workdir, 'base_eval.json')
   # Decided once for all processes (the eval is collective; only process 0 writes the file).
   if evals and dist_lib.agree(np.bool_(not os.path.exists(base_path))):
+    bar.status(f'evaluating the base policy ({len(evals)} questions)...')  # compiles the sampler
     base = evaluate_slice(state.params, evals, eval_prompts, config, rollout, tokenizer, grader,
                           eval_rng)
     if main:
@@ -251,9 +256,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # --- Loop --------------------------------------------------------------------------------
   record = {}
-  bar = tqdm.tqdm(total=config.total_steps, initial=start, disable=not (config.progress and main),
-                  desc=f'{config.method}', dynamic_ncols=True)
   end = config.total_steps if stop_after is None else min(config.total_steps, start + stop_after)
+  if start < end:
+    bar.status(f'step {start + 1}: compiling the rollout and the update...')
   for step in range(start, end):
     t0 = time.perf_counter()
     temperature = methods_lib.sampling_temperature(config.method, hparams, step,
@@ -328,12 +333,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                    'time/train': t4 - t3, 'tokens_per_s': n_tokens / max(t1 - t0, 1e-9),
                    'prompts_truncated': n_trunc, 'updates_skipped_total': skipped,
                    'temperature': temperature})
-    if evals and config.eval_every and (step + 1) % config.eval_every == 0:
+    # The last step's eval is the final one (the base eval's draws, for the closing table).
+    if evals and step + 1 == config.total_steps:
+      bar.status(f'evaluating the final policy ({len(evals)} questions)...')
+      final = evaluate_slice(state.params, evals, eval_prompts, config, rollout, tokenizer,
+                             grader, eval_rng)
+      record.update(final)
+    elif evals and config.eval_every and (step + 1) % config.eval_every == 0:
+      bar.status(f'evaluating ({len(evals)} questions)...')
       record.update(evaluate_slice(state.params, evals, eval_prompts, config, rollout, tokenizer,
                                    grader, jax.random.fold_in(sample_key, 1)))
     record = writer.write(step + 1, record)
-    bar.update(1)
-    bar.set_postfix_str(metric_writers.console_line(record))
+    bar.step(time.perf_counter() - t0, record)
 
     # Checkpoint (never a non-finite state: e.g. NaN optimizer moments from a bad restore make
     # every update skip; saving them would carry the damage into the next run).
@@ -346,12 +357,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       elif main:
         print(f'WARNING: not saving the checkpoint of step {step + 1}: the params or optimizer '
               'state hold NaN/Inf', flush=True)
-  bar.close()
+  final_path = os.path.join(workdir, 'final_eval.json')
   if evals and end == config.total_steps:
-    final = evaluate_slice(state.params, evals, eval_prompts, config, rollout, tokenizer, grader,
-                           eval_rng)
+    # Re-running a finished run shows its table again; the eval of the same state is not redone.
+    if start == end and dist_lib.agree(np.bool_(os.path.exists(final_path))):
+      with open(final_path) as f:
+        final = json.load(f)
+    elif start == end:  # finished before final_eval.json existed: evaluate the state once
+      bar.status(f'evaluating the final policy ({len(evals)} questions)...')
+      final = evaluate_slice(state.params, evals, eval_prompts, config, rollout, tokenizer,
+                             grader, eval_rng)
+    bar.close()
     if main:
-      ckpt_lib.dump_json(os.path.join(workdir, 'final_eval.json'), final)
+      ckpt_lib.dump_json(final_path, final)
       with open(base_path) as f:
         table = report_table(json.load(f), final)
       with open(os.path.join(workdir, 'report.md'), 'w') as f:
@@ -359,6 +377,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       print(f'\n{config.method}: base policy vs after {config.total_steps} steps '
             f'({len(evals)} held-out questions)\n{table}')
     record.update(final)
+  bar.close()
   ckpt.close()
   grader.close()
   writer.close()
@@ -423,7 +442,10 @@ def split_metrics(prefix, examples, g, correct, lengths, logps, mask) -> dict:
   out = {}
   for name, sel in (('', np.ones_like(hard)), ('/easy', ~hard), ('/hard', hard)):
     if sel.any() and (name == '' or has_split):
+      per_q = correct[sel].reshape(-1, g).mean(1)  # a question's G samples are not independent
       out.update({f'{prefix}{name}/acc': float(correct[sel].mean()),
+                  f'{prefix}{name}/acc_se': float(per_q.std(ddof=1) / np.sqrt(per_q.size))
+                                            if per_q.size > 1 else float('nan'),
                   f'{prefix}{name}/length': float(lengths[sel].mean()),
                   f'{prefix}{name}/entropy': float(ent[sel].mean())})
       if g > 1:  # unbiased pass@G over each question's G samples
@@ -433,15 +455,23 @@ def split_metrics(prefix, examples, g, correct, lengths, logps, mask) -> dict:
 
 
 def report_table(base: dict, final: dict) -> str:
-  """Base policy vs trained policy, per split: the default job's closing table."""
+  """Base policy vs trained policy, per split: the default job's closing table.
+
+  ACC ± its standard error over questions (the noise to read a change against).
+  """
   rows = ['| split | ACC base | ACC final | LEN base | LEN final | entropy base | entropy final |',
           '| --- | ---: | ---: | ---: | ---: | ---: | ---: |']
+  nan = float('nan')
+
+  def acc(rec, k):
+    se = rec.get(f'{k}/acc_se', nan)
+    return f"{rec.get(f'{k}/acc', nan):.3f}" + (f' ± {se:.3f}' if np.isfinite(se) else '')
+
   for split in ('', '/easy', '/hard'):
     k = f'eval{split}'
     if f'{k}/acc' not in final:
       continue
-    rows.append(f"| {split.strip('/') or 'all'} | {base.get(f'{k}/acc', float('nan')):.3f} | "
-                f"{final[f'{k}/acc']:.3f} | {base.get(f'{k}/length', float('nan')):.1f} | "
-                f"{final[f'{k}/length']:.1f} | {base.get(f'{k}/entropy', float('nan')):.3f} | "
-                f"{final[f'{k}/entropy']:.3f} |")
+    rows.append(f"| {split.strip('/') or 'all'} | {acc(base, k)} | {acc(final, k)} | "
+                f"{base.get(f'{k}/length', nan):.1f} | {final[f'{k}/length']:.1f} | "
+                f"{base.get(f'{k}/entropy', nan):.3f} | {final[f'{k}/entropy']:.3f} |")
   return '\n'.join(rows)

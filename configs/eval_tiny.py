@@ -1,11 +1,10 @@
 r"""Evaluation on a laptop CPU: the shipped synthetic base policy on 64 generated test problems.
 
-  python -m ceeh_jax.main --config=configs/eval_tiny.py --workdir=runs/eval_tiny
-  # a trained tiny run, against the base result above:
-  python -m ceeh_jax.main --config=configs/eval_tiny.py --workdir=runs/eval_tiny_ceeh \
-      --config.eval.checkpoint_workdir=runs/tiny \
-      --config.eval.base_results=runs/eval_tiny/results.json
-  python -m ceeh_jax.compare runs/eval_tiny runs/eval_tiny_ceeh --base=runs/eval_tiny
+  python -m ceeh_jax.main --config=configs/eval_tiny.py --workdir=runs/eval_base
+  # the trained default job (python -m ceeh_jax.main -> runs/tiny), against the base above:
+  python -m ceeh_jax.main --config=configs/eval_tiny.py --workdir=runs/eval_ceeh \
+      --config.eval.checkpoint_workdir=runs/tiny --config.eval.base_results=runs/eval_base
+  python -m ceeh_jax.compare runs/eval_base runs/eval_ceeh --base=runs/eval_base
 
 k = 4 samples per problem, 256 new tokens at most; hard/easy from the rows' `meta.hard`.
 Writes results.json, samples.jsonl, results.md and acc_vs_len.png into the workdir.

@@ -14,7 +14,7 @@ slow tests too, unless CEEH_SKIP_SLOW=1 is set.
 from absl import flags
 
 import test_util
-from test_util import REPO, SHARED, XLA_CACHE  # noqa: F401  pylint: disable=unused-import
+from test_util import REPO, XLA_CACHE  # noqa: F401  pylint: disable=unused-import
 
 flags.FLAGS.mark_as_parsed()
 

@@ -33,15 +33,15 @@ class R1PromptTest(absltest.TestCase):
   def test_r1_prompt_has_one_bos_and_ends_with_think(self):
     r1_tok = self.r1_tok
     text = tokenizer_lib.build_prompt(r1_tok, 'What is 2+2?')
-    self.assertTrue(text.startswith('<｜begin▁of▁sentence｜><｜User｜>What is 2+2?\n'), text)
-    self.assertTrue(text.endswith('<｜Assistant｜><think>\n'), text)
+    self.assertStartsWith(text, '<｜begin▁of▁sentence｜><｜User｜>What is 2+2?\n')
+    self.assertEndsWith(text, '<｜Assistant｜><think>\n')
     self.assertEqual(text.count('<think>'), 1)
     ids = tokenizer_lib.encode_prompts(r1_tok, [text])[0]
     self.assertEqual(ids[0], 151646)
     self.assertEqual(ids.count(151646), 1)
     self.assertEqual(ids[-2:], [151648, 198])
     no_think = tokenizer_lib.build_prompt(r1_tok, 'q', think_prefix=False)
-    self.assertTrue(no_think.endswith('<｜Assistant｜>'), no_think)
+    self.assertEndsWith(no_think, '<｜Assistant｜>')
 
 
 class ApiTest(absltest.TestCase):

@@ -3,11 +3,9 @@ field_map, fingerprint, and the checkpointable epoch iterator."""
 import test_util  # first: 8 CPU devices, repo on sys.path, XLA cache (before jax starts)
 
 import hashlib
-import importlib.util
 import json
 import pathlib
 import sys
-import types
 import unittest
 from unittest import mock
 
@@ -228,40 +226,10 @@ class FormatsTest(parameterized.TestCase):
     with self.assertRaisesRegex(ImportError, 'pip install pyarrow'):
       data_lib.load_examples(str(tmp_path / 'd.parquet'))
 
-  def test_tfds_source_with_a_stand_in_module(self):
-    # tensorflow-datasets is optional (it needs tensorflow); a stand-in checks our side of it.
-    calls = []
-
-    def load(name, split):
-      calls.append((name, split))
-      return [{'question': b'What is 3*3?', 'answer': b'9'},
-              {'question': 'caf\xe9'.encode('latin-1'), 'answer': b'1'}]
-
-    fake = types.SimpleNamespace(load=load, as_numpy=lambda ds: ds)
-    self.enter_context(mock.patch.dict(sys.modules, {'tensorflow_datasets': fake}))
-    fm = {'id': None, 'problem': 'question'}
-    examples, stats = data_lib.load_examples('tfds:gsm8k:1.0.0:test[:10]', field_map=fm,
-                                             on_error='skip')
-    self.assertEqual(calls, [('gsm8k:1.0.0', 'test[:10]')])
-    self.assertEqual([(e.id, e.problem, e.answer) for e in examples], [
-        ('gsm8k:1.0.0:test[:10]-0', 'What is 3*3?', '9')])
-    self.assertEqual(dict(stats.reasons), {'bad_utf8': 1})
-    data_lib.load_examples('tfds:gsm8k', field_map=fm, on_error='skip')
-    self.assertEqual(calls[-1], ('gsm8k', 'train'))
-    with self.assertRaisesRegex(data_lib.DataError, r'tfds:gsm8k: row 2: .*not valid UTF-8'):
-      data_lib.load_examples('tfds:gsm8k', field_map=fm)
-
   def test_tfds_without_the_package_says_what_to_install(self):
     self.enter_context(mock.patch.dict(sys.modules, {'tensorflow_datasets': None}))
     with self.assertRaisesRegex(ImportError, 'pip install tensorflow-datasets'):
       data_lib.load_examples('tfds:gsm8k:test')
-
-  @unittest.skipIf(importlib.util.find_spec('tensorflow_datasets') is None,
-                   'tensorflow-datasets is not installed (optional; needs tensorflow)')
-  def test_real_tfds_import_path(self):
-    import tensorflow_datasets  # pylint: disable=g-import-not-at-top,unused-import
-    with self.assertRaises(Exception):  # an unknown builder must fail loudly, not return nothing
-      data_lib.load_examples('tfds:no_such_dataset_ceeh:test')
 
 
 class FingerprintTest(absltest.TestCase):

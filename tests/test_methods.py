@@ -11,8 +11,6 @@ import ml_collections
 import numpy as np
 
 from ceeh_jax import methods as methods_lib
-from ceeh_jax.methods import entra as entra_lib
-from ceeh_jax.methods import history as history_lib
 from ceeh_jax.methods import length as length_lib
 from ceeh_jax.models import qwen2 as qwen2_lib
 
@@ -119,11 +117,12 @@ class LaserTest(absltest.TestCase):
     out = _run('laser_d', _inp(correct, lengths), 4, state=state, **hp)
     # Targets before the update: 5000 / 6000 / 7000.
     _close(out.rewards, [1.5, 1.5, 1.5, 1] + [1.5, 1, 0, 0] + [1, 0, 0, 0])
-    # G = 4: fewest correct per group c = (2, 1, 1). Easy: P(len ≤ L) ≥ 1/2 at the 2nd shortest
-    # (2500) -> grid 3000; medium/hard need P = 1: the longest (6500, 7500) -> 7000, 8000.
-    _close(out.new_state['targets'], [3000, 7000, 8000])
+    # G = 4: fewest correct per group c = (⌈8/3⌉, ⌈4/3⌉, 1) = (3, 2, 1). Easy: P(len ≤ L) ≥ 1/3
+    # at the ⌈4/3⌉ = 2nd shortest (2500) -> grid 3000; medium: P ≥ 1/2 at the 2nd shortest (200)
+    # -> the grid's floor 1000; hard needs P = 1: the longest (7500) -> 8000.
+    _close(out.new_state['targets'], [3000, 1000, 8000])
     out = _run('laser_d', _inp(correct, lengths), 4, state=state, **dict(hp, budget=7500.0))
-    _close(out.new_state['targets'], [3000, 7000, 7500])    # off the grid's end -> budget
+    _close(out.new_state['targets'], [3000, 1000, 7500])    # off the grid's end -> budget
 
   def test_laser_d_ema_and_buckets_without_groups_keep_targets(self):
     state = {'targets': jnp.asarray([5000.0, 6000.0, 7000.0])}
@@ -197,17 +196,17 @@ class ThinkPruneAndDlerTest(absltest.TestCase):
 class HapoTest(absltest.TestCase):
 
   def test_hapo_cosine_reward_against_history_then_update(self):
-    state = {'min_len': jnp.asarray([0.0, 400.0, 200.0, 0.0])}
+    state = {'min_len': jnp.asarray([-1.0, 400.0, 200.0, -1.0])}
     # Group 0 asks q1 (h = 400), group 1 asks q0 (unset).
     inp = _inp([T, T, F, F] + [F, T, T, F], [200, 400, 800, 100] + [50, 300, 250, 900],
                qids=[1] * 4 + [0] * 4)
     out = _run('hapo', inp, 4, state=state)
     # L/h = .5 -> cos(π/4); = 1 -> 0; wrong at 2h -> min(0, −1); wrong short -> min(0, ·) = 0.
     _close(out.rewards, [1 + math.cos(math.pi / 4), 1, -1, 0] + [0, 1, 1, 0])
-    _close(out.new_state['min_len'], [250, 200, 200, 0])
+    _close(out.new_state['min_len'], [250, 200, 200, -1])
 
   def test_hapo_all_wrong_keeps_history_and_duplicates_act_grouped(self):
-    state = {'min_len': jnp.asarray([0.0, 400.0, 0.0, 0.0])}
+    state = {'min_len': jnp.asarray([-1.0, 400.0, -1.0, -1.0])}
     out = _run('hapo', _inp([F] * 4, [100, 400, 500, 900], qids=[1] * 4), 4, state=state)
     _close(out.rewards, [0, 0, math.cos(0.625 * math.pi), -1])
     _close(out.new_state['min_len'], state['min_len'])
@@ -374,7 +373,7 @@ class DispatchTest(parameterized.TestCase):
     for m in methods_lib.METHODS:
       self.assertIsInstance(methods_lib.default_hparams(m), dict)
     self.assertEqual(methods_lib.init_state('grpo', 3), {})
-    _close(methods_lib.init_state('hapo', 3)['min_len'], [0, 0, 0])
+    _close(methods_lib.init_state('hapo', 3)['min_len'], [-1, -1, -1])
     _close(methods_lib.init_state('laser_d', 3)['targets'], [16384] * 3)
     with self.assertRaisesRegex(ValueError, 'difficulty.ceeh_step'):
       _run('ceeh_me', _inp([T, F], [1, 2]), 2, state={})
@@ -399,7 +398,7 @@ class DispatchTest(parameterized.TestCase):
                token_mask=jnp.asarray(rng.random((r, t)) < 0.9))
     state = methods_lib.init_state(method, 4)
     if method == 'hapo':
-      state = {'min_len': jnp.asarray([0.0, 900.0, 3000.0, 0.0])}
+      state = {'min_len': jnp.asarray([-1.0, 900.0, 3000.0, -1.0])}
     if method in ('egrc', 'thinkprune'):             # host-vs-traced step branches: op by op
       with jax.disable_jit():
         eager = methods_lib.compute(method, {}, inp, state, 150, group_size=4)

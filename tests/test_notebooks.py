@@ -30,8 +30,8 @@ class NotebooksTest(absltest.TestCase):
 
   def test_quickstart_then_analysis(self):
     tmp_path = self.create_tempdir().full_path
-    env = {'CEEH_WORKDIR': tmp_path, 'CEEH_REPO': REPO, 'CEEH_HEADLESS': '1',
-           'JAX_PLATFORMS': 'cpu'}
+    env = {'CEEH_WORKDIR': tmp_path, 'PYTHONPATH': REPO, 'CEEH_SKIP_INSTALL': '1',
+           'CEEH_HEADLESS': '1', 'JAX_PLATFORMS': 'cpu'}
     text = _text(_run('quickstart.ipynb', env))
     self.assertIn('correct=', text)
     self.assertIn('metrics.jsonl', text)

@@ -1,32 +1,33 @@
 """Runs that survive kills, bad data and bad outputs (issue: reliability)."""
+import test_util  # first: 8 CPU devices, repo on sys.path, XLA cache (before jax starts)
+
 import json
 import os
+import pathlib
 import random
 import signal
 import subprocess
 import sys
 import time
 
-import pytest
+from absl.testing import absltest
 
-import train_util
 from ceeh_jax import data as data_lib
 from ceeh_jax import fingerprint as fingerprint_lib
 from ceeh_jax import grading
 from ceeh_jax import metric_writers
-from ceeh_jax import train as train_lib
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(test_util.REPO)
 STEPS = 6
 
 CONFIG_FILE = '''
 import sys
 sys.path.insert(0, {tests!r})
-import train_util
+import test_util
 
 
 def get_config():
-  return train_util.small_config({tmp!r}, total_steps={steps}, checkpoint_every=1)
+  return test_util.small_config({tmp!r}, total_steps={steps}, checkpoint_every=1)
 '''
 
 
@@ -37,41 +38,44 @@ def _launch(config_path, workdir):
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.mark.slow
-def test_sigkill_anywhere_then_resume_equals_uninterrupted(tmp_path):
-  """SIGKILL the trainer at 5 random moments (sampling, grading, update, checkpoint writes);
-  each restart resumes; the final state is bitwise the uninterrupted one, the log has each
-  step once."""
-  config_path = tmp_path / 'kill_config.py'
-  config_path.write_text(CONFIG_FILE.format(tests=os.path.join(REPO, 'tests'), tmp=str(tmp_path),
-                                            steps=STEPS))
-  ref_dir = tmp_path / 'ref'
-  proc = _launch(config_path, ref_dir)
-  assert proc.wait(timeout=900) == 0, proc.stderr.read()[-3000:]
-  ref = fingerprint_lib.fingerprint(str(ref_dir))
+class KillResumeTest(absltest.TestCase):
 
-  work = tmp_path / 'killed'
-  rng = random.Random(0)
-  kills = 0
-  for _ in range(40):
-    proc = _launch(config_path, work)
-    if kills < 5:
-      # Let it get past start-up into the loop, then kill at a random moment.
-      time.sleep(rng.uniform(4.0, 14.0))
-      if proc.poll() is None:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        kills += 1
-        continue
-    assert proc.wait(timeout=900) == 0, proc.stderr.read()[-3000:]
-    if fingerprint_lib.fingerprint(str(work))['step'] == STEPS:
-      break
-  assert kills >= 3
-  got = fingerprint_lib.fingerprint(str(work))
-  assert got['step'] == STEPS
-  assert got['parts'] == ref['parts']
-  steps = [r['step'] for r in metric_writers.read_metrics(str(work))]
-  assert steps == list(range(1, STEPS + 1))
+  @test_util.slow
+  def test_sigkill_anywhere_then_resume_equals_uninterrupted(self):
+    """SIGKILL the trainer at 5 random moments (sampling, grading, update, checkpoint writes);
+    each restart resumes; the final state is bitwise the uninterrupted one, the log has each
+    step once."""
+    tmp_path = pathlib.Path(self.create_tempdir())
+    config_path = tmp_path / 'kill_config.py'
+    config_path.write_text(CONFIG_FILE.format(tests=str(test_util.TESTS), tmp=str(tmp_path),
+                                              steps=STEPS))
+    ref_dir = tmp_path / 'ref'
+    proc = _launch(config_path, ref_dir)
+    self.assertEqual(proc.wait(timeout=900), 0, proc.stderr.read()[-3000:])
+    ref = fingerprint_lib.fingerprint(str(ref_dir))
+
+    work = tmp_path / 'killed'
+    rng = random.Random(0)
+    kills = 0
+    for _ in range(40):
+      proc = _launch(config_path, work)
+      if kills < 5:
+        # Let it get past start-up into the loop, then kill at a random moment.
+        time.sleep(rng.uniform(4.0, 14.0))
+        if proc.poll() is None:
+          proc.send_signal(signal.SIGKILL)
+          proc.wait()
+          kills += 1
+          continue
+      self.assertEqual(proc.wait(timeout=900), 0, proc.stderr.read()[-3000:])
+      if fingerprint_lib.fingerprint(str(work))['step'] == STEPS:
+        break
+    self.assertGreaterEqual(kills, 3)
+    got = fingerprint_lib.fingerprint(str(work))
+    self.assertEqual(got['step'], STEPS)
+    self.assertEqual(got['parts'], ref['parts'])
+    steps = [r['step'] for r in metric_writers.read_metrics(str(work))]
+    self.assertEqual(steps, list(range(1, STEPS + 1)))
 
 
 def _malformed_rows(n, rng):
@@ -88,21 +92,24 @@ def _malformed_rows(n, rng):
   return [kinds[rng.randrange(len(kinds))](i) for i in range(n)]
 
 
-def test_200_malformed_rows_error_or_counted_skip(tmp_path):
-  rng = random.Random(1)
-  good = [json.dumps({'id': f'g{i}', 'problem': f'{i}+1?', 'answer': str(i + 1)}).encode()
-          for i in range(20)]
-  bad = _malformed_rows(200, rng)
-  lines = good + bad
-  rng.shuffle(lines)
-  path = tmp_path / 'bad.jsonl'
-  path.write_bytes(b'\n'.join(lines) + b'\n')
-  with pytest.raises(data_lib.DataError, match=r'bad\.jsonl:\d+'):
-    data_lib.load_examples(str(path), max_problem_chars=100_000)
-  examples, stats = data_lib.load_examples(str(path), on_error='skip', max_problem_chars=100_000)
-  n_dup = sum(b'"dup"' in b for b in bad)
-  assert len(examples) == 20 + (1 if n_dup else 0)
-  assert stats.skipped == 200 - (1 if n_dup else 0)
+class MalformedDataTest(absltest.TestCase):
+
+  def test_200_malformed_rows_error_or_counted_skip(self):
+    tmp_path = pathlib.Path(self.create_tempdir())
+    rng = random.Random(1)
+    good = [json.dumps({'id': f'g{i}', 'problem': f'{i}+1?', 'answer': str(i + 1)}).encode()
+            for i in range(20)]
+    bad = _malformed_rows(200, rng)
+    lines = good + bad
+    rng.shuffle(lines)
+    path = tmp_path / 'bad.jsonl'
+    path.write_bytes(b'\n'.join(lines) + b'\n')
+    with self.assertRaisesRegex(data_lib.DataError, r'bad\.jsonl:\d+'):
+      data_lib.load_examples(str(path), max_problem_chars=100_000)
+    examples, stats = data_lib.load_examples(str(path), on_error='skip', max_problem_chars=100_000)
+    n_dup = sum(b'"dup"' in b for b in bad)
+    self.assertLen(examples, 20 + (1 if n_dup else 0))
+    self.assertEqual(stats.skipped, 200 - (1 if n_dup else 0))
 
 
 def _adversarial(i, rng):
@@ -122,16 +129,23 @@ def _adversarial(i, rng):
   return pieces[i % len(pieces)]
 
 
-@pytest.mark.slow  # ~2 minutes on 2 cores; tests/test_grading.py covers each kind by default
-def test_1000_adversarial_outputs_bounded_never_raise_never_correct():
-  rng = random.Random(2)
-  outputs = [_adversarial(i, rng) for i in range(1000)]
-  timeout = 2.0
-  with grading.Grader(num_workers=2, timeout_s=timeout) as grader:
-    t0 = time.monotonic()
-    grades = grader.grade_batch(outputs, ['17'] * len(outputs))
-    elapsed = time.monotonic() - t0
-  assert len(grades) == 1000
-  assert not any(g.correct for g in grades)
-  # Bounded: at worst every response costs its timeout (+ kill grace), over 2 workers.
-  assert elapsed < len(outputs) * (timeout + 1.5) / 2
+class AdversarialOutputsTest(absltest.TestCase):
+
+  # ~2 minutes on 2 cores; tests/test_grading.py covers each kind by default.
+  @test_util.slow
+  def test_1000_adversarial_outputs_bounded_never_raise_never_correct(self):
+    rng = random.Random(2)
+    outputs = [_adversarial(i, rng) for i in range(1000)]
+    timeout = 2.0
+    with grading.Grader(num_workers=2, timeout_s=timeout) as grader:
+      t0 = time.monotonic()
+      grades = grader.grade_batch(outputs, ['17'] * len(outputs))
+      elapsed = time.monotonic() - t0
+    self.assertLen(grades, 1000)
+    self.assertFalse(any(g.correct for g in grades))
+    # Bounded: at worst every response costs its timeout (+ kill grace), over 2 workers.
+    self.assertLess(elapsed, len(outputs) * (timeout + 1.5) / 2)
+
+
+if __name__ == '__main__':
+  absltest.main()

@@ -24,7 +24,6 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TESTS = REPO / 'tests'
-SHARED = REPO.parent / 'shared'
 if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))
 
@@ -47,9 +46,11 @@ jax.config.update('jax_compilation_cache_dir', XLA_CACHE)
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
-# The real DeepSeek-R1-Distill-Qwen tokenizer (tokenizer files only). The one place its path
-# is written: tests that need it call `r1_tokenizer()` or read this constant.
-R1_TOKENIZER_DIR = SHARED / 'tokenizers' / 'deepseek-r1-distill-qwen'
+from ceeh_jax import tokenizer as tokenizer_lib  # noqa: E402  pylint: disable=g-import-not-at-top
+
+# The real DeepSeek-R1-Distill-Qwen tokenizer, vendored in the package (tokenizer files only):
+# no test reads outside the repository. Tests that need it call `r1_tokenizer()`.
+R1_TOKENIZER_DIR = pathlib.Path(tokenizer_lib.R1_TOKENIZER_DIR)
 
 # A direct run (`python tests/test_x.py`) runs slow tests too unless this is set (to 1).
 SKIP_SLOW = os.environ.get('CEEH_SKIP_SLOW', '') not in ('', '0')
@@ -71,10 +72,7 @@ def slow(test):
 
 
 def r1_tokenizer():
-  """The real R1 tokenizer; skips the calling test (or class, from setUpClass) if absent."""
-  if not R1_TOKENIZER_DIR.exists():
-    raise unittest.SkipTest(f'real tokenizer not found at {R1_TOKENIZER_DIR}')
-  from ceeh_jax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  """The real R1 tokenizer (vendored: a missing copy is a failure, never a skip)."""
   return tokenizer_lib.load_tokenizer(str(R1_TOKENIZER_DIR))
 
 
@@ -178,7 +176,8 @@ def tiny_hf_dir(path, *, tied=False, dtype='float32', shard_size=None):
   return path
 
 
-def assert_approx(actual, expected, *, rel=None, abs=None, nan_ok=False, msg=''):  # pylint: disable=redefined-builtin
+# pylint: disable-next=redefined-builtin  (`rel` and `abs` as pytest.approx names them)
+def assert_approx(actual, expected, *, rel=None, abs=None, nan_ok=False, msg=''):
   """What `actual == pytest.approx(expected, rel=, abs=)` checks, elementwise: equal, or
   |actual - expected| <= max(rel * |expected|, abs); rel is 1e-6 unless only abs is given,
   abs is 1e-12 by default. Infinities must match exactly; NaN equals NaN only if nan_ok."""

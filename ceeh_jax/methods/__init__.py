@@ -9,7 +9,6 @@
 Modules: core (dispatch, defaults, host helpers), length (stateless shaping), history (HAPO,
 LASER-D), egrc, entra, common. docs/methods_table.md lists sources, defaults and readings.
 """
-from ceeh_jax.methods.common import group_advantages
 from ceeh_jax.methods.core import CEEH_METHODS
 from ceeh_jax.methods.core import compute
 from ceeh_jax.methods.core import default_hparams

@@ -26,22 +26,6 @@ def group_accuracy(correct, group_size: int):
   return groups(correct.astype(jnp.float32), group_size).mean(1)
 
 
-def group_advantages(rewards, group_size: int, std_normalize: bool, eps: float = 1e-6):
-  """GRPO: r − mean_g(r), optionally / (std_g(r, ddof=1) + eps) (DESIGN.md "GRPO")."""
-  r = groups(rewards.astype(jnp.float32), group_size)
-  a = r - r.mean(1, keepdims=True)
-  if std_normalize:
-    a = a / (jnp.std(r, axis=1, ddof=1, keepdims=True) + eps)
-  return a.reshape(-1)
-
-
-def batch_advantages(rewards, std_normalize: bool, eps: float = 1e-6):
-  """r − mean over the whole batch, optionally / (std_batch(r, ddof=1) + eps)."""
-  r = rewards.astype(jnp.float32)
-  a = r - r.mean()
-  return a / (jnp.std(r, ddof=1) + eps) if std_normalize else a
-
-
 def is_traced(x) -> bool:
   return isinstance(x, jax.core.Tracer)
 

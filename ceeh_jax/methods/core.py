@@ -63,6 +63,8 @@ class RewardInputs(NamedTuple):
   lengths: Any                  # int32[R]  completion tokens, thinking and EOS included
   truncated: Any                # bool[R]   hit max_new_tokens without EOS
   qids: Any                     # int32[R]  question ids into history states of size Q
+  shaping: Any = None           # f32[R]    added to the rewards before any advantage or
+                                #           informative-group test (DAPO overlong penalty)
   tokens: Any = None            # int32[R, T]  ENTRA only
   token_logp: Any = None        # f32[R, T]    log p(x_i | x_<i) at the sampling temperature
   attn_received: Any = None     # f32[R, T]    μ_i, see entra.attention_received
@@ -226,6 +228,14 @@ def _normalize(method: str, inp: RewardInputs, state, group_size: int) -> Reward
                        f'{None if x is None else jnp.shape(x)}')
     fixed[name] = jnp.asarray(x).astype(dtype)
   common.groups(fixed['correct'], group_size)   # raises unless R = B·G
+  if inp.shaping is not None:
+    if method == 'egrc':
+      raise ValueError('egrc: reward shaping (overlong) has no defined meaning with its stages '
+                       '(compression clips at length_clip, exploration has its own R_length)')
+    if jnp.shape(inp.shaping) != (r,):
+      raise ValueError(f'RewardInputs.shaping must have shape [R] (R = {r}), got '
+                       f'{jnp.shape(inp.shaping)}')
+    fixed['shaping'] = jnp.asarray(inp.shaping).astype(jnp.float32)
   if method == 'entra':
     entra_lib.entra_check(inp.tokens, inp.token_logp, inp.attn_received, inp.token_mask)
     if jnp.shape(inp.tokens)[0] != r:
@@ -260,44 +270,64 @@ def compute(method: str, cfg, inputs: RewardInputs, state: dict, step, *,
                      loss_mask=out.loss_mask if compress else None)
 
 
-def _out(rewards, state, metrics, advantages=None):
-  return MethodOutput(rewards=rewards.astype(jnp.float32), advantages=advantages,
-                      positive_only=False, temperature=None, new_state=state, metrics=metrics)
-
-
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _compute(method: str, frozen: tuple, g: int, inp: RewardInputs, state, step):
-  """The jitted body (one compile per method, hyper-parameters, G and shapes)."""
+  """The jitted body (one compile per method, hyper-parameters, G and shapes).
+
+  Order: the method's rewards, plus `inp.shaping` (overlong), then the advantages of methods
+  that own them (DLER), so every advantage and every dynamic-sampling test sees the shaping.
+  """
   hp = dict(frozen)
+  if method == 'egrc':
+    stage = egrc_lib.egrc_stage(step, hp)
+    rewards, advantages, mask = egrc_lib.egrc(inp.correct, inp.boxed, inp.lengths,
+                                              inp.truncated, g, stage, hp)
+    temperature = jnp.where(stage == egrc_lib.COMPRESS, hp['compress_temperature'],
+                            hp['explore_temperature'])
+    metrics = {'stage': jnp.asarray(stage, jnp.float32),
+               'over_clip': (inp.lengths > hp['length_clip']).mean()}
+    return MethodOutput(rewards, advantages, True, temperature, state, metrics, mask)
+  rewards, new_state, metrics = _rewards(method, hp, g, inp, state, step)
+  if inp.shaping is not None:
+    rewards = rewards + inp.shaping
+  advantages = None
+  if method == 'dler':
+    metrics['informative_groups'] = length_lib.informative_groups(rewards, g).mean()
+    advantages = length_lib.dler_advantages(rewards, g)
+  return MethodOutput(rewards=rewards.astype(jnp.float32), advantages=advantages,
+                      positive_only=False, temperature=None, new_state=new_state,
+                      metrics=metrics)
+
+
+def _rewards(method: str, hp: dict, g: int, inp: RewardInputs, state, step):
+  """(rewards f32[R], new state, metrics) of every method but EGRC, before any shaping."""
   c, length = inp.correct, inp.lengths
   cf = c.astype(jnp.float32)
   if method == 'grpo':
-    return _out(cf, state, {})
+    return cf, state, {}
   if method == 'length_penalty':
     r = length_lib.length_penalty_rewards(c, length, g, hp['weight'])
-    return _out(r, state, {'length_term': (r - cf).mean()})
+    return r, state, {'length_term': (r - cf).mean()}
   if method == 'grpo_lambda':
     r, chosen = length_lib.grpo_lambda_rewards(c, length, g, hp['top_fraction'], hp['weight'])
-    return _out(r, state, {'shaped_groups': chosen.mean(), 'length_term': (r - cf).mean()})
+    return r, state, {'shaped_groups': chosen.mean(), 'length_term': (r - cf).mean()}
   if method == 'arora_zanette':
     r = length_lib.arora_zanette_rewards(c, length, g, hp['alpha'])
-    return _out(r, state, {'length_term': (r - cf).mean()})
+    return r, state, {'length_term': (r - cf).mean()}
   if method == 'laser':
     r = length_lib.laser_rewards(c, length, hp['target'], hp['bonus'])
-    return _out(r, state, {'bonus_fraction': (r > 1).mean()})
+    return r, state, {'bonus_fraction': (r > 1).mean()}
   if method == 'thinkprune':
     limit = length_lib.thinkprune_limit(step, hp['limits'], hp['boundaries'])
     r = length_lib.clipped_correct(c, length, inp.truncated, limit)
-    return _out(r, state, {'limit': jnp.asarray(limit, jnp.float32), 'clipped': (cf - r).mean()})
+    return r, state, {'limit': jnp.asarray(limit, jnp.float32), 'clipped': (cf - r).mean()}
   if method == 'dler':
     r = length_lib.clipped_correct(c, length, inp.truncated, hp['max_len'])
-    metrics = {'informative_groups': length_lib.informative_groups(r, g).mean(),
-               'clipped': (cf - r).mean()}
-    return _out(r, state, metrics, length_lib.dler_advantages(r, g))
+    return r, state, {'clipped': (cf - r).mean()}
   if method == 'hapo':
     r, new = history_lib.hapo_rewards(c, length, inp.qids, state, hp['weight'], hp['clamp'])
-    seen = state['min_len'][inp.qids] > 0
-    return _out(r, new, {'history_set': seen.mean(), 'length_term': (r - cf).mean()})
+    seen = history_lib.hapo_is_set(state['min_len'][inp.qids])
+    return r, new, {'history_set': seen.mean(), 'length_term': (r - cf).mean()}
   if method == 'laser_d':
     r, new, bucket = history_lib.laser_d_rewards(
         c, length, g, state, bonus=hp['bonus'], budget=hp['budget'],
@@ -305,21 +335,13 @@ def _compute(method: str, frozen: tuple, g: int, inp: RewardInputs, state, step)
     metrics = {f'target_{name}': new['targets'][i]
                for i, name in enumerate(('easy', 'medium', 'hard'))}
     metrics['easy_groups'] = (bucket == history_lib.EASY).mean()
-    return _out(r, new, metrics)
+    return r, new, metrics
   if method == 'entra':
     importance = entra_lib.entra_importance(inp.token_logp, inp.attn_received, inp.token_mask,
                                             hp['gamma'])
     score, _ = entra_lib.entra_redundancy(inp.tokens, importance, inp.token_mask, hp['fraction'])
     r = entra_lib.entra_rewards(c, score, hp['weight'], hp['correct_only'])
-    return _out(r, state, {'redundancy_score': score.mean()})
-  if method == 'egrc':
-    stage = egrc_lib.egrc_stage(step, hp)
-    rewards, advantages, mask = egrc_lib.egrc(c, inp.boxed, length, inp.truncated, g, stage, hp)
-    temperature = jnp.where(stage == egrc_lib.COMPRESS, hp['compress_temperature'],
-                            hp['explore_temperature'])
-    metrics = {'stage': jnp.asarray(stage, jnp.float32),
-               'over_clip': (length > hp['length_clip']).mean()}
-    return MethodOutput(rewards, advantages, True, temperature, state, metrics, mask)
+    return r, state, {'redundancy_score': score.mean()}
   raise ValueError(f'unknown method {method!r}; choose from {METHODS}')
 
 

@@ -12,6 +12,7 @@ import math
 
 import jax.numpy as jnp
 
+from ceeh_jax import losses as losses_lib
 from ceeh_jax.methods import common
 from ceeh_jax.methods import length as length_lib
 
@@ -48,8 +49,8 @@ def egrc_explore_rewards(correct, boxed, lengths, length_clip: int, format_rewar
 def egrc_explore_advantages(rewards, group_size: int, baseline: str):
   """(R − μ)/σ, μ and σ over each prompt's group ('group', GRPO) or the batch ('batch')."""
   if baseline == 'group':
-    return common.group_advantages(rewards, group_size, std_normalize=True)
-  return common.batch_advantages(rewards, std_normalize=True)
+    return losses_lib.group_advantages(rewards, group_size, std_normalize=True)
+  return losses_lib.centred_rewards(rewards, std_normalize=True)
 
 
 def egrc(correct, boxed, lengths, truncated, group_size: int, stage, hp):

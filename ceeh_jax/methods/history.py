@@ -19,24 +19,34 @@ EASY, MEDIUM, HARD = 0, 1, 2
 
 # --- HAPO ---------------------------------------------------------------------------------
 
+UNSET = -1.0  # HAPO history marker: no correct response seen yet (0 is a real length)
+
+
 def init_hapo_state(num_questions: int) -> dict:
-  """{'min_len': f32[Q]}: shortest correct length seen per question, 0 = unset."""
-  return {'min_len': jnp.zeros((num_questions,), jnp.float32)}
+  """{'min_len': f32[Q]}: shortest correct length seen per question, UNSET (−1) = none yet."""
+  return {'min_len': jnp.full((num_questions,), UNSET, jnp.float32)}
+
+
+def hapo_is_set(history):
+  """bool: a history entry holds a length (≥ 0), not the UNSET marker."""
+  return history >= 0
 
 
 def hapo_length_reward(correct, lengths, history, weight: float = 1.0, clamp: float = -0.7):
-  """HAPO (arXiv 2505.11225) length term, f32[R], from history h f32[R] (0 = unset).
+  """HAPO (arXiv 2505.11225) length term, f32[R], from history h f32[R] (UNSET = none).
 
-  f = cos(π/2 · min(L/h, 2)): 1 at L → 0, 0 at L = h, −1 from L = 2h on.
+  f = cos(π/2 · min(L/h, 2)): 1 at L → 0, 0 at L = h, −1 from L = 2h on (h = 0: L/h is
+  taken as 0 for L = 0 and as 2 above it).
   correct: w·max(clamp, f) (shorter than the history earns up to +w; the clamp keeps a correct
   answer above every wrong one); wrong: w·min(0, f) (never a bonus for being short, up to −w
   for being long); unset history: 0. As in the authors' released code.
   """
   length = lengths.astype(jnp.float32)
-  x = jnp.minimum(length / jnp.where(history > 0, history, 1.0), 2.0)
-  f = jnp.cos(0.5 * jnp.pi * x)
+  ratio = jnp.where(history > 0, length / jnp.where(history > 0, history, 1.0),
+                    jnp.where(length > 0, 2.0, 0.0))
+  f = jnp.cos(0.5 * jnp.pi * jnp.minimum(ratio, 2.0))
   term = weight * jnp.where(correct, jnp.maximum(clamp, f), jnp.minimum(0.0, f))
-  return jnp.where(history > 0, term, 0.0)
+  return jnp.where(hapo_is_set(history), term, 0.0)
 
 
 def hapo_update(state: dict, correct, lengths, qids) -> dict:
@@ -46,7 +56,7 @@ def hapo_update(state: dict, correct, lengths, qids) -> dict:
   shortest = jax.ops.segment_min(jnp.where(correct, lengths.astype(jnp.float32), jnp.inf), qids,
                                  num_segments=old.shape[0])
   seen = jnp.isfinite(shortest)
-  new = jnp.where(old > 0, jnp.minimum(old, shortest), shortest)
+  new = jnp.where(hapo_is_set(old), jnp.minimum(old, shortest), shortest)
   return {'min_len': jnp.where(seen, new, old)}
 
 
@@ -70,8 +80,14 @@ def laser_d_buckets(correct, group_size: int, easy_acc: float = 2 / 3, hard_acc:
 
 
 def laser_d_min_correct(group_size: int, easy_acc: float = 2 / 3, hard_acc: float = 1 / 3):
-  """Fewest correct responses in a group of each bucket: (⌊easy_acc·G⌋, ⌊hard_acc·G⌋, 1)."""
-  return (math.floor(easy_acc * group_size + 1e-9), math.floor(hard_acc * group_size + 1e-9), 1)
+  """c_d, the fewest correct responses a group of each bucket has: (⌈easy_acc·G⌉, ⌈hard_acc·G⌉, 1).
+
+  A group is easy when k/G ≥ easy_acc, so its fewest correct is the smallest such k (G = 8:
+  6 easy, 3 medium; G = 12: 8, 4). A hard group may have none; c = 1 there makes the target
+  cover the bucket's longest response (P(len ≤ L) ≥ 1).
+  """
+  least = lambda acc: math.ceil(acc * group_size - 1e-9)  # 1e-9: 2/3·12 is 8.000000000000002
+  return (least(easy_acc), least(hard_acc), 1)
 
 
 def laser_d_batch_targets(lengths, bucket_r, group_size: int, *, budget: float, min_target: float,

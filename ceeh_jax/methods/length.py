@@ -9,6 +9,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from ceeh_jax import losses as losses_lib
 from ceeh_jax.methods import common
 
 
@@ -92,11 +93,18 @@ def thinkprune_limit(step, limits, boundaries):
 
 
 def dler_advantages(rewards, group_size: int, eps: float = 1e-6):
-  """DLER (arXiv 2510.15110) batch-wise normalisation: group-mean baseline, whitened by the
-  std of those centred values over the whole batch (not per group). f32[R]."""
-  r = common.groups(rewards.astype(jnp.float32), group_size)
-  centred = (r - r.mean(1, keepdims=True)).reshape(-1)
-  return centred / (jnp.std(centred) + eps)
+  """DLER (arXiv 2510.15110) batch-wise normalisation, f32[R]: group-mean baseline, divided by
+  the std of those centred values over the batch's informative groups (rewards not all equal).
+
+  DLER's dynamic sampling trains on informative groups only; the groups with equal rewards that
+  remain when the bounded re-draws run out have advantage 0 and are left out of the std, so
+  they do not inflate the others' advantages ([1, 0] beside [1, 1] at G = 2: ±1.0, not ±1.414).
+  """
+  centred = losses_lib.group_advantages(rewards, group_size)
+  live = common.per_response(informative_groups(rewards, group_size), group_size)
+  # Each group's centred values sum to 0, so the informative rows' mean is 0: std = RMS.
+  var = jnp.where(live, jnp.square(centred), 0.0).sum() / jnp.maximum(live.sum(), 1)
+  return centred / (jnp.sqrt(var) + eps)
 
 
 def informative_groups(rewards, group_size: int):

@@ -2,6 +2,8 @@
 
 import os
 
+from ceeh_jax import errors
+
 BASE_POLICY = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'base_policy')
 
 
@@ -9,8 +11,8 @@ def resolve_model_dir(path: str) -> str:
   """'synthetic:base_policy' -> the shipped base policy directory; other paths unchanged."""
   if path == 'synthetic:base_policy':
     if not os.path.exists(os.path.join(BASE_POLICY, 'config.json')):
-      raise FileNotFoundError(f'the synthetic base policy is missing at {BASE_POLICY}; build it '
-                              'with: python -m ceeh_jax.synthetic.sft')
+      raise errors.MissingFileError(f'the synthetic base policy is missing at {BASE_POLICY}; '
+                                    'build it with: python -m ceeh_jax.synthetic.sft')
     return BASE_POLICY
   return path
 

@@ -1,13 +1,22 @@
-r"""Base vs GRPO, Length-Penalty, CEEH-ME/EA, EGRC, ENTRA (and HAPO, DLER) on the synthetic task.
+r"""The tiny reproduction: does CEEH compress the easy and explore the hard, at CPU scale?
 
-  python experiments/tiny_compression/run.py                    # every method, 3 seeds
-  python experiments/tiny_compression/run.py --methods=grpo,ceeh_me --seeds=0 --steps=10
+  python experiments/tiny_compression/run.py                  # the whole grid (hours)
+  python experiments/tiny_compression/run.py --only=grpo_s0,ceeh_me_s0 --steps=20   # a few
+  python experiments/tiny_compression/run.py --report         # tables and plots from what ran
 
-Each run is `configs/tiny.py` with only the method and seed swapped in (same base policy, data,
-budget, learning rate), evaluated on the same 128 held-out questions before and after training
-with `--eval_samples` samples per question (Pass@k). Runs go to runs/<method>_s<seed>/ here
-(a finished run is reused; delete it to rerun), `--jobs` of them at a time in subprocesses;
-the table (results.md) and the plots (acc_vs_len.png, curves.png) are written here.
+Every run is `configs/tiny.py` (the default job's model, task and sampling) with the
+experiment's budget (`experiment_config`): 300 RL steps of 16 prompts x 8 samples at one
+learning rate for every method (3e-5, 10 warm-up steps), on 512 training questions (each seen
+~9 times, so CEEH's and HAPO's per-question history fills), evaluated every 50 steps and at the
+end on 512 held-out questions x 4 samples. The grid (`GRID`): base (the shared starting
+policy, evaluated in every run), GRPO, the Kimi length penalty, CEEH-ME and CEEH-EA at λ 1.0,
+HAPO, EGRC and DLER, 3 seeds each; CEEH-ME at λ 0.1 (the paper's) and 0.3 and with a 10x
+entropy coefficient, and the length penalty at weights 0.1 and 0.3, one seed each.
+
+The runner keeps going where it stopped: a run with `final_eval.json` is reused, a run that was
+interrupted resumes from its last checkpoint (the trainer's own resume), `--jobs` runs at a
+time, each in its own process. At the end it writes `results.md` (command, commit, wall time,
+every cell mean ± standard error over seeds and the std) and the plots (report.py).
 """
 import argparse
 import concurrent.futures
@@ -17,182 +26,126 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, REPO)
+sys.path.insert(0, HERE)
 
-METHODS = ('grpo', 'length_penalty', 'ceeh_me', 'ceeh_ea', 'egrc', 'entra', 'hapo', 'dler')
-SPLITS = (('', 'all'), ('/easy', 'easy'), ('/hard', 'hard'))
+SEEDS = (0, 1, 2)
+MAIN_LAMBDA = 1.0
 
 
-def make_config(method: str, seed: int, steps: int, eval_samples: int):
+def _grid():
+  """{run name: (method, seed, config overrides)}: 3 seeds per method, single-seed variants."""
+  grid = {}
+  for seed in SEEDS:  # seed-major: a partial grid has every method at the first seeds
+    for method in ('grpo', 'length_penalty', 'ceeh_me', 'ceeh_ea', 'hapo', 'egrc', 'dler'):
+      grid[f'{method}_s{seed}'] = (method, seed, {})
+    if seed == SEEDS[0]:
+      for lam in (0.1, 0.3):
+        grid[f'ceeh_me_lam{lam}_s{seed}'] = ('ceeh_me', seed, {'ceeh.length_lambda': lam})
+      grid[f'ceeh_me_ent0.01_s{seed}'] = ('ceeh_me', seed, {'ceeh.entropy_coef': 0.01})
+  # Weaker length penalties (one seed), for claim (b) at matched compression: at weight 1 the
+  # Kimi penalty shortens far more than CEEH does.
+  for w in (0.1, 0.3):
+    grid[f'length_penalty_w{w}_s0'] = ('length_penalty', 0, {'method_hparams': {'weight': w}})
+  return grid
+
+
+GRID = _grid()
+
+
+def experiment_config(method: str, seed: int, overrides: dict, steps: int = 300):
+  """configs/tiny.py with the experiment's budget, the method, seed and overrides."""
   from configs import tiny  # pylint: disable=g-import-not-at-top
   c = tiny.get_config()
   c.method, c.seed, c.total_steps = method, seed, steps
-  c.eval_every = 0                    # curves come from the per-step train/{easy,hard} metrics
-  c.sampling.eval_num_samples = eval_samples
+  # Optimizer: one learning rate for every method (the issue's range 2e-5..3e-5), short warm-up.
+  c.optim.lr = 3e-5
+  c.optim.warmup_steps = 10
+  # Data: 512 training questions (16 a step: each seen ~9 times in 300 steps); 512 held out.
+  c.data.train = 'synthetic:train:512'
+  c.data.eval = 'synthetic:eval:512'
+  c.data.eval_size = 512
+  c.sampling.eval_num_samples = 4     # pass@4, and 1,024 samples per split for ACC and LEN
+  c.eval_every = max(1, steps // 6)   # curves: every 50 steps
+  c.checkpoint_every = max(1, steps // 6)
+  c.ceeh.length_lambda = MAIN_LAMBDA
   c.progress = False
   c.tensorboard = False
-  if method == 'egrc':  # compression for the first half, then exploration (the paper's order);
-    # the clip sits between the easy (~43 tokens) and hard (~88) base lengths at this scale.
+  # Length limits that bind at this scale (answers are 30-90 tokens, not 4-20k): EGRC's clip
+  # and DLER's truncation sit between the easy (~44) and hard (~89) base lengths, at 96.
+  if method == 'egrc':  # compression for the first half, then exploration (the paper's order)
     c.method_hparams = {'stage_steps': steps // 2, 'length_clip': 96, 'explore_temperature': 1.2}
+  if method == 'dler':
+    c.method_hparams = {'max_len': 96}
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
   return c
 
 
-def run_one(method: str, seed: int, steps: int, eval_samples: int, out: str) -> float:
-  """Trains one (method, seed) in this process; returns its wall time in seconds."""
+def run_one(name: str, steps: int, out: str) -> None:
+  """Trains (or resumes) one run in this process."""
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_compilation_cache_dir', os.path.join(out, '.xla_cache'))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
   from ceeh_jax import train  # pylint: disable=g-import-not-at-top
-  t0 = time.time()
-  train.train_and_evaluate(make_config(method, seed, steps, eval_samples),
-                           os.path.join(out, f'{method}_s{seed}'))
-  return time.time() - t0
+  method, seed, overrides = GRID[name]
+  train.train_and_evaluate(experiment_config(method, seed, overrides, steps),
+                           os.path.join(out, name))
 
 
-def launch(method, seed, args) -> float:
-  """One run in a fresh subprocess (so `--jobs` runs share the cores, not one GIL)."""
-  workdir = os.path.join(args.out, f'{method}_s{seed}')
+def launch(name: str, args) -> float:
+  """One run in a fresh subprocess; 0.0 if it had finished before. Returns its wall time."""
+  workdir = os.path.join(args.out, name)
   if os.path.exists(os.path.join(workdir, 'final_eval.json')):
     return 0.0
   os.makedirs(workdir, exist_ok=True)
-  cmd = [sys.executable, os.path.abspath(__file__), f'--one={method},{seed}',
-         f'--steps={args.steps}', f'--eval_samples={args.eval_samples}', f'--out={args.out}']
-  with open(os.path.join(workdir, 'log.txt'), 'w') as log:
-    t0 = time.time()
+  cmd = [sys.executable, os.path.abspath(__file__), f'--one={name}', f'--steps={args.steps}',
+         f'--out={args.out}']
+  t0 = time.time()
+  with open(os.path.join(workdir, 'log.txt'), 'a') as log:
     subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
-  return time.time() - t0
-
-
-def load(workdir):
-  from ceeh_jax import metric_writers  # pylint: disable=g-import-not-at-top
-  with open(os.path.join(workdir, 'final_eval.json')) as f:
-    final = json.load(f)
-  with open(os.path.join(workdir, 'base_eval.json')) as f:
-    base = json.load(f)
-  return base, final, metric_writers.read_metrics(workdir)
-
-
-def _cell(values, fmt='.3f'):
-  values = [v for v in values if v is not None and np.isfinite(v)]
-  if not values:
-    return 'n/a'
-  return f'{np.mean(values):{fmt}} ± {np.std(values):{fmt}}' if len(values) > 1 else \
-      f'{values[0]:{fmt}}'
-
-
-COLUMNS = [('eval/acc', 'ACC'), ('eval/length', 'LEN'), ('eval/easy/acc', 'ACC easy'),
-           ('eval/easy/length', 'LEN easy'), ('eval/hard/acc', 'ACC hard'),
-           ('eval/hard/length', 'LEN hard'), ('eval/hard/pass@k', 'Pass@k hard'),
-           ('eval/easy/entropy', 'entropy easy'), ('eval/hard/entropy', 'entropy hard')]
-
-
-def table(results) -> str:
-  """Mean ± std over seeds of the final eval; base = the base policy's eval in every run."""
-  from ceeh_jax import metrics  # pylint: disable=g-import-not-at-top
-  rows = ['| method | seeds | ' + ' | '.join(n for _, n in COLUMNS) + ' | NAG | NAG easy |',
-          '| --- |' + ' ---: |' * (len(COLUMNS) + 3)]
-  bases = [b for runs in results.values() for b, _, _ in runs]
-  rows.append(f'| base | {len(bases)} evals | ' + ' | '.join(
-      _cell([b.get(k) for b in bases]) for k, _ in COLUMNS) + ' | 0 | 0 |')
-  for method, runs in results.items():
-    nag = lambda split: [float(metrics.nag(f[f'eval{split}/acc'], b[f'eval{split}/acc'],
-                                           f[f'eval{split}/length'], b[f'eval{split}/length']))
-                         for b, f, _ in runs]
-    cells = [_cell([f.get(k) for _, f, _ in runs]) for k, _ in COLUMNS]
-    rows.append(f'| {method} | {len(runs)} | ' + ' | '.join(cells) +
-                f" | {_nag_cell(nag(''))} | {_nag_cell(nag('/easy'))} |")
-  return '\n'.join(rows)
-
-
-def _nag_cell(values):
-  """NAG is +inf for a run that saved no length: say how many, average the finite rest."""
-  inf = sum(not np.isfinite(v) for v in values)
-  cell = _cell(values, '.1f')
-  return cell if not inf else f'{cell} ({inf}/{len(values)} inf: no compression)'
-
-
-def plots(results, out):
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  colors = dict(zip(results, plt.rcParams['axes.prop_cycle'].by_key()['color'] * 2))
-  # Accuracy vs length of the final policies, per split; base policy as black crosses.
-  fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-  for ax, (split, name) in zip(axes, SPLITS):
-    for method, runs in results.items():
-      ax.scatter([f[f'eval{split}/length'] for _, f, _ in runs],
-                 [f[f'eval{split}/acc'] for _, f, _ in runs], label=method, color=colors[method])
-    bases = [b for runs in results.values() for b, _, _ in runs]
-    ax.scatter([b[f'eval{split}/length'] for b in bases], [b[f'eval{split}/acc'] for b in bases],
-               marker='x', c='k', label='base')
-    ax.set_title(f'{name} questions'), ax.set_xlabel('mean response tokens')
-  axes[0].set_ylabel('accuracy'), axes[0].legend(fontsize=7)
-  fig.tight_layout(), fig.savefig(os.path.join(out, 'acc_vs_len.png'), dpi=110)
-  # Length and entropy of the training rollouts over training, easy vs hard, seed mean.
-  fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
-  for method, runs in results.items():
-    for col, split in enumerate(('easy', 'hard')):
-      for row, key in enumerate(('length', 'entropy')):
-        curves = [[r.get(f'train/{split}/{key}', np.nan) for r in recs] for _, _, recs in runs]
-        n = min(len(c) for c in curves)
-        mean = np.nanmean(np.array([c[:n] for c in curves]), axis=0)
-        axes[row, col].plot(np.arange(1, n + 1), _smooth(mean), label=method, color=colors[method])
-        axes[row, col].set_title(f'{key} of training rollouts, {split} questions')
-  for ax in axes[1]:
-    ax.set_xlabel('RL step')
-  axes[0, 0].legend(fontsize=7), fig.tight_layout()
-  fig.savefig(os.path.join(out, 'curves.png'), dpi=110)
-
-
-def _smooth(x, k: int = 5):
-  """Trailing mean over k steps (the per-step values are noisy: 16 prompts a step)."""
-  c = np.cumsum(np.insert(np.nan_to_num(x), 0, 0.0))
-  n = np.minimum(np.arange(1, len(x) + 1), k)
-  return (c[1:] - c[np.arange(len(x)) + 1 - n]) / n
+  wall = time.time() - t0
+  with open(os.path.join(workdir, 'wall_time.json'), 'w') as f:
+    json.dump({'seconds': wall}, f)
+  return wall
 
 
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  ap.add_argument('--methods', default=','.join(METHODS))
-  ap.add_argument('--seeds', default='0,1,2')
-  ap.add_argument('--steps', type=int, default=30)
-  ap.add_argument('--eval_samples', type=int, default=4, help='samples per eval question')
+  ap.add_argument('--only', default='', help='comma-separated run names (default: all of GRID)')
+  ap.add_argument('--steps', type=int, default=300)
   ap.add_argument('--jobs', type=int, default=2, help='runs at a time')
   ap.add_argument('--out', default=os.path.join(HERE, 'runs'))
-  ap.add_argument('--one', default=None, help=argparse.SUPPRESS)  # method,seed: a worker
+  ap.add_argument('--report', action='store_true', help='only write results.md and the plots')
+  ap.add_argument('--one', default=None, help=argparse.SUPPRESS)  # a worker: one run
   args = ap.parse_args()
   if args.one:
-    method, seed = args.one.split(',')
-    print(f'{method} seed {seed}: {run_one(method, int(seed), args.steps, args.eval_samples, args.out):.0f}s')
+    run_one(args.one, args.steps, args.out)
     return
-  methods, seeds = args.methods.split(','), [int(s) for s in args.seeds.split(',')]
+  names = [n for n in args.only.split(',') if n] or list(GRID)
+  unknown = sorted(set(names) - set(GRID))
+  if unknown:
+    sys.exit(f'error: unknown runs {unknown}; known: {sorted(GRID)}')
   t0 = time.time()
-  jobs = [(m, s) for s in seeds for m in methods]
-  times = {}
-  with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-    futures = {pool.submit(launch, m, s, args): (m, s) for m, s in jobs}
-    for fut in concurrent.futures.as_completed(futures):
-      m, s = futures[fut]
-      times[f'{m}_s{s}'] = fut.result()
-      print(f'[{time.time() - t0:6.0f}s] {m} seed {s} done ({times[f"{m}_s{s}"]:.0f}s; '
-            f'{len(times)}/{len(jobs)})', flush=True)
-  total = time.time() - t0
-  results = {m: [load(os.path.join(args.out, f'{m}_s{s}')) for s in seeds] for m in methods}
-  tab = table(results)
-  plots(results, HERE)
-  commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO, capture_output=True,
-                          text=True).stdout.strip()
-  with open(os.path.join(HERE, 'results.md'), 'w') as f:
-    f.write(f'command: python experiments/tiny_compression/run.py --methods={args.methods} '
-            f'--seeds={args.seeds} --steps={args.steps} --eval_samples={args.eval_samples} '
-            f'--jobs={args.jobs}\ncommit: {commit}\nwall time: {total:.0f} s\n\n{tab}\n\n'
-            f'seconds per run: {json.dumps({k: round(v) for k, v in sorted(times.items())})}\n')
-  print(tab)
-  print(f'total {total:.0f} s')
+  if not args.report:
+    done = 0
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+      futures = {pool.submit(launch, n, args): n for n in names}
+      for fut in concurrent.futures.as_completed(futures):
+        done += 1
+        wall = fut.result()
+        print(f'[{time.time() - t0:6.0f}s] {futures[fut]} '
+              f'{"reused" if not wall else f"done in {wall:.0f}s"} ({done}/{len(names)})',
+              flush=True)
+  import report  # pylint: disable=g-import-not-at-top
+  command = 'python experiments/tiny_compression/run.py ' + ' '.join(sys.argv[1:])
+  print(report.write(args.out, names, HERE, command=command.strip(), steps=args.steps))
 
 
 if __name__ == '__main__':
