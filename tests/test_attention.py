@@ -1,5 +1,7 @@
 """models/attention.py: every implementation equals the blocked one (values and gradients),
 with GQA and the trainer's padding, on CPU; the blocked one keeps no [T, T] buffer."""
+import test_util  # first: 8 CPU devices, repo on sys.path, XLA cache (before jax starts)
+
 import functools
 
 from absl.testing import absltest

@@ -1,8 +1,8 @@
 """Export of a config whose head_dim is not embed_dim // num_heads: written to config.json,
 loaded by transformers, and back by us, with the same logits."""
-import json
-
 import test_util  # first: 8 CPU devices, repo on sys.path, XLA cache (before jax starts)
+
+import json
 
 from absl.testing import absltest
 import jax

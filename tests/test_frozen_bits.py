@@ -1,8 +1,8 @@
 """A frozen bf16 base stored as bits: the same values, and no fp32 copy of the weights in the
 compiled train step on XLA:CPU (which has no bf16 slicing or gathering)."""
-import re
-
 import test_util  # first: 8 CPU devices, repo on sys.path, XLA cache (before jax starts)
+
+import re
 
 from absl.testing import absltest
 import flax.traverse_util as tu

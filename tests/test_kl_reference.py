@@ -1,9 +1,9 @@
 """The KL reference: exactly 0 at step 1 (policy == reference), the frozen base with the
 adapters off under LoRA (no second copy of the base), the frozen copy under a full fine-tune."""
+import test_util  # first: 8 CPU devices, repo on sys.path, XLA cache (before jax starts)
+
 import functools
 from unittest import mock
-
-import test_util  # first: 8 CPU devices, repo on sys.path, XLA cache (before jax starts)
 
 from absl.testing import absltest
 from absl.testing import parameterized

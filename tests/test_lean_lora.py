@@ -1,10 +1,10 @@
 """LoRA that loads and saves lean: adapters from jax.eval_shape (no random base), trainable-only
 checkpoints naming their base weights, bitwise resume, a one-line error against other weights."""
+import test_util  # first: 8 CPU devices, repo on sys.path, XLA cache (before jax starts)
+
 import os
 import shutil
 from unittest import mock
-
-import test_util  # first: 8 CPU devices, repo on sys.path, XLA cache (before jax starts)
 
 from absl.testing import absltest
 import flax.traverse_util as tu

@@ -23,15 +23,11 @@ Measured on XLA:CPU, GiB of temp per device (budget; with a regression):
 The names on the bf16 outputs (not the fp32 dots) are too small a share here (q, k, v, o:
 +7 KiB a token a layer); tests/test_train_memory.py checks what the policies keep directly.
 """
-import os
-import sys
+import test_util  # first: 8 CPU devices, repo on sys.path, XLA cache (before jax starts)
 
 from absl.testing import absltest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                'experiments'))
-
-import memory_plan  # noqa: E402  pylint: disable=g-import-not-at-top
+from experiments import memory_plan
 
 GIB = 2 ** 30
 NEW_TOKENS = 1024
@@ -42,13 +38,7 @@ SPLIT_BUDGET_GIB = 3.0   # remat save_dot_except_mlp, micro 4: 2.39 measured
 def _recipe(**overrides):
   config = memory_plan.load_config('r1_1p5b')
   config.sampling.max_new_tokens = NEW_TOKENS
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return test_util.override(config, **overrides)
 
 
 class RecipeMemoryBudgetTest(absltest.TestCase):

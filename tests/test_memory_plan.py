@@ -1,13 +1,9 @@
 """experiments/memory_plan.py: AOT compile on abstract arrays gives positive per-device bytes."""
 import test_util  # first: 8 CPU devices, repo on sys.path, XLA cache (before jax starts)
 
-import sys
-
 from absl.testing import absltest
 
-sys.path.insert(0, str(test_util.REPO / 'experiments'))
-
-import memory_plan  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import memory_plan
 
 
 class MemoryPlanTest(absltest.TestCase):

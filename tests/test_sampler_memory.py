@@ -1,8 +1,8 @@
 """Sampler memory: unroll_layers='auto', views that copy only what changes, and api.generate
 never holding the weights in both layouts."""
-from unittest import mock
-
 import test_util  # first: 8 CPU devices, repo on sys.path, XLA cache (before jax starts)
+
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized

@@ -1,11 +1,12 @@
 """The train step's memory fixes change no number: bf16 remat policies equal no remat,
 a micro-batch smaller than the device count (sequence-sharded) equals one device, and
 chunked rollouts return the rows of one call."""
+import test_util  # first: 8 CPU devices, repo on sys.path, XLA cache (before jax starts)
+
 import contextlib
 import functools
 import io
 import os
-import tempfile
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -37,7 +38,6 @@ def _batch(seed=0, vocab=257):
       completion=jnp.asarray(rng.integers(1, vocab, (R, M)) * mask, jnp.int32),
       mask=jnp.asarray(mask),
       old_logp=jnp.asarray(-rng.uniform(3, 7, (R, M)) * mask, jnp.float32),
-      ref_logp=jnp.asarray(-rng.uniform(3, 7, (R, M)) * mask, jnp.float32),
       advantages=jnp.asarray(rng.normal(size=R), jnp.float32),
       hard=jnp.asarray(rng.integers(0, 2, R), jnp.float32))
 
@@ -203,11 +203,9 @@ class RowChunksTest(parameterized.TestCase):
   def test_trainer_runs_with_row_chunks(self):
     """Two trainer steps with 16-row rollouts decoded 8 rows at a time (and the 8-prompt
     eval in one chunk)."""
-    import train_util  # pylint: disable=g-import-not-at-top
     from ceeh_jax import train as train_lib  # pylint: disable=g-import-not-at-top
-    # (create_tempdir needs absl flags parsed, which plain pytest does not do)
-    tmp = self.enter_context(tempfile.TemporaryDirectory())
-    config = train_util.small_config(tmp, total_steps=2)
+    tmp = self.create_tempdir().full_path
+    config = test_util.small_config(tmp, total_steps=2)
     config.sampling.rows_per_chunk = 8
     record = train_lib.train_and_evaluate(config, os.path.join(tmp, 'w'))
     self.assertEqual(record['step'], 2)
