@@ -15,9 +15,10 @@ Each part runs in its own process (its peak device memory is its own) under a ti
            bytes / bandwidth) per step, as bench_sampler.py). At 0.5B both layer layouts
            (scanned and unrolled): the measurement behind sampling.unroll_layers='auto'.
   train    one train step of configs/r1_1p5b.py (LoRA r32, bf16, its remat policy, KL on)
-           on one device with random weights, scaled: one micro-batch of the recipe's 4 rows
-           (the recipe's minibatch of 96 is 24 of them, spread over 8 devices) and 512 prompt
-           + 1536 response tokens (the recipe: 1024 + 20,480). Peak device memory
+           on one device with random weights, scaled: one device's share of the recipe's
+           8-device micro-batch (8 rows: 1 row a device), accumulated over 4 micro-batches
+           (the recipe's minibatch of 96 is 12 of them a device), and 512 prompt + 1536
+           response tokens (the recipe: 1024 + 20,480). Peak device memory
            (`memory_stats()['peak_bytes_in_use']`) next to the memory plan's prediction for the
            same program (experiments/memory_plan.py `plan`, compiled on this device), and MFU:
            model FLOPs (LoRA: the forward, the backward to the activations and the adapters,
@@ -40,6 +41,8 @@ sys.path.insert(0, REPO)
 DEVICE_TESTS = ('tests/test_attention.py', 'tests/test_kl_reference.py')
 LIMITS = {'env': 60, 'tests': 100, 'sampler': 170, 'train': 170}  # seconds; sum < 8 min
 GIB = 2.0 ** 30
+RECIPE_DEVICES = 8  # configs/r1_1p5b.py's micro-batch is spread over 8 devices
+MICRO_STEPS = 4     # micro-batches accumulated in the scaled train step
 
 
 def _parse(argv=None):
@@ -155,8 +158,10 @@ def scaled_recipe(dry: bool):
   from configs import r1_1p5b  # pylint: disable=g-import-not-at-top
   c = r1_1p5b.get_config()
   p, m = (16, 16) if dry else (512, 1536)
-  c.minibatch_size = c.micro_batch_size  # one micro-batch of the recipe's 4 rows
-  c.batch_size, c.sampling.num_samples = 1, c.micro_batch_size
+  # One device's share of the recipe's micro-batch (spread over its 8 devices), 4 of them.
+  c.micro_batch_size = max(1, c.micro_batch_size // RECIPE_DEVICES)
+  c.minibatch_size = MICRO_STEPS * c.micro_batch_size
+  c.batch_size, c.sampling.num_samples = 1, c.minibatch_size
   c.sampling.max_new_tokens = m
   c.mesh.shape = (1, 1, 1)
   if dry:
@@ -215,8 +220,9 @@ def part_train(args):
   return {'preset': config.model.preset, 'lora_rank':
           model_cfg.lora_rank, 'remat': model_cfg.remat_policy, 'dtype': model_cfg.dtype,
           'attention': model_cfg.attention, 'rows': r, 'prompt': p, 'response': m,
-          'scaling': ('rows: one micro-batch of the recipe\'s 4 (minibatch 96 = 24 of them over '
-                      f'8 devices); tokens: {p} + {m} (recipe 1024 + 20,480)'),
+          'scaling': (f'rows: {MICRO_STEPS} micro-batches of {config.micro_batch_size} (the '
+                      'recipe: 8 rows a micro-batch over 8 devices, 12 micro-batches a '
+                      f'minibatch); tokens: {p} + {m} (recipe 1024 + 20,480)'),
           'compile_s': compile_s, 'seconds': best, 'times': times, 'flops': flops,
           'bf16_matmul_flops': peak.matmul_flops['bfloat16'],
           'mfu': flops['total'] / best / peak.matmul_flops['bfloat16'],

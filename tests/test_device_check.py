@@ -1,10 +1,10 @@
 """scripts/device_check.sh --dry_run runs end to end here (tiny shapes), so the device check
 cannot rot before a TPU or GPU runs it."""
+import test_util  # first: 8 CPU devices, repo on sys.path, XLA cache (before jax starts)
+
 import json
 import os
 import subprocess
-
-import test_util  # first: 8 CPU devices, repo on sys.path, XLA cache (before jax starts)
 
 from absl.testing import absltest
 
@@ -71,7 +71,9 @@ class TrainFlopsTest(absltest.TestCase):
   def test_scaled_recipe_is_the_recipe_on_one_device(self):
     recipe = r1_1p5b.get_config()
     config, p = device_check.scaled_recipe(dry=False)
-    self.assertEqual((config.minibatch_size, config.micro_batch_size), (4, 4))
+    # One device's share of the recipe's 8-row micro-batch (8 devices), 4 micro-batches.
+    self.assertEqual(recipe.micro_batch_size, 8)
+    self.assertEqual((config.minibatch_size, config.micro_batch_size), (4, 1))
     self.assertEqual((p, config.sampling.max_new_tokens), (512, 1536))
     for key in ('lora_rank', 'dtype', 'remat_policy', 'preset'):
       self.assertEqual(config.model[key], recipe.model[key], key)
