@@ -131,7 +131,11 @@ class TrainerKlTest(absltest.TestCase):
     tmp = self.create_tempdir().full_path
     config = test_util.small_config(tmp, total_steps=1, **{
         'model.lora_rank': 4, 'model.dtype': 'bfloat16', 'grpo.kl_coef': 0.1,
-        'grpo.kl_kind': 'k2', 'minibatch_size': 8, 'batch_size': 4, 'data.eval_size': 0})
+        'grpo.kl_kind': 'k2', 'minibatch_size': 8, 'batch_size': 4, 'data.eval_size': 0,
+        # The first update must move the adapters whatever the rewards (a random tiny policy
+        # may score 0 on every row: no advantage): a constant entropy bonus (cosine decays it
+        # to 0 at the last step, and this run has one) and a step visible in bf16.
+        'ceeh.entropy_schedule': 'constant', 'optim.lr': 1e-2})
     real = steps_lib.train_step
     refs = []
 
