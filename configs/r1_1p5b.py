@@ -8,16 +8,16 @@ Launch on a TPU v5e-8 or v4-8 VM, or an 8x H100 80GB box, weights already on loc
 
 Memory (experiments/memory_plans.md: this config compiled for 8 and 4 devices, XLA:CPU,
 +-30%): at the paper's 20,480 response tokens, 32 prompts x 12 samples and LoRA r32 the peak
-is 11.6 GiB a device on 8 devices (v5e-8: 73% of 16 GiB; 8x H100: 15%) and 21.0 GiB on a
-v4-8 (4 devices, one per chip: 66% of 32 GiB). It fits because the backward keeps only each
+is 11.1 GiB a device on 8 devices (v5e-8: 70% of 16 GiB; 8x H100: 14%) and 20.6 GiB on a
+v4-8 (4 devices, one per chip: 64% of 32 GiB). It fits because the backward keeps only each
 layer's input (`model.remat_policy='full'`), a micro-batch is one 21.5k-token row per device
 (`micro_batch_size=8`; two rows a device on a v4-8), and a rollout decodes 96 rows at a time
 (`sampling.rows_per_chunk`: all 384 rows at once need 27.6 GiB of KV cache a device, which
 only an 8x H100 holds: `--config.sampling.rows_per_chunk=0` there).
 
 Variants: `--config.method=ceeh_ea` (entropy-as-advantage), `--config.model.lora_rank=0`
-(full fine-tune; use `--config.optim.lr=1e-6`; peak 12.8 GiB on 8 devices, 25.2 GiB on a
-v4-8: fits all three), `--config.mesh.shape=(1,-1,1)` (pure FSDP over every device, the
+(full fine-tune; use `--config.optim.lr=1e-6`; peak 13.9 GiB on 8 devices, 26.8 GiB on a
+v4-8: fits all three, v5e-8 at 87%), `--config.mesh.shape=(1,-1,1)` (pure FSDP over every device, the
 default, on any of them).
 
 Expect (paper, AIME24/AIME25/MATH-500 at 16k-20k tokens): accuracy within ~1 point of the base

@@ -8,17 +8,17 @@ Launch on an 8x H100 80GB box, a TPU v5p-8 (4 chips x 95 GiB) or a TPU v4-16 (8 
       --config.data.train=/data/deepscaler.jsonl
 
 Memory (experiments/memory_plans.md, XLA:CPU, +-30%): LoRA r32 at 20,480 response tokens,
-32 prompts x 12 samples peaks at 26.8 GiB a device on 8 devices (8x H100: 33%; v4-16: 84% of
-32 GiB) and 50.4 GiB on a v5p-8's 4 devices (53%), with remat 'full', micro-batches of one
+32 prompts x 12 samples peaks at 26.0 GiB a device on 8 devices (8x H100: 33%; v4-16: 81% of
+32 GiB) and 47.9 GiB on a v5p-8's 4 devices (50%), with remat 'full', micro-batches of one
 21.5k-token row per device, FSDP over all devices and rollouts decoded 48 rows at a time
 (`sampling.rows_per_chunk`; the KV cache is 0.14 GiB a row a device on 8 devices, all 384
-rows at once need 75 GiB a device: no target holds that). A TPU v5e-8 (16 GiB) or v4-8 (4 x
-32 GiB) does not fit this model at these lengths: the plan's 8- and 4-device train steps
-alone need 26.8 and 50.4 GiB a device.
+rows at once need 64.8 GiB a device: only an 8x H100 holds that). A TPU v5e-8 (16 GiB) or
+v4-8 (4 x 32 GiB) does not fit this model at these lengths: the plan's 8- and 4-device train
+steps alone need 26.0 and 47.9 GiB a device.
 
 The full fine-tune (`--config.model.lora_rank=0`, ~16 bytes a parameter of master weights and
-Adam moments) peaks at 38.1 GiB on 8 devices (8x H100: yes; v4-16: no, 119%) and 73.6 GiB on
-a v5p-8 (77%).
+Adam moments) peaks at 42.0 GiB on 8 devices (8x H100: yes; v4-16: no, 131%) and 80.9 GiB on
+a v5p-8 (85%).
 
 Expect (paper): similar accuracy to the base model with 30-40% fewer tokens on AIME/MATH-500.
 """
