@@ -25,6 +25,14 @@ from ceeh_jax.models.config import QwenConfig
 
 CEEH_METHODS = ('ceeh_me', 'ceeh_ea')
 
+# XLA options for jitting `train_step` (jax.jit(..., compiler_options=TRAIN_STEP_COMPILER_OPTIONS)).
+# XLA may skip a bf16 rounding when it fuses the ops around it (`xla_allow_excess_precision`,
+# on by default): where it does depends on the fusion, so the policy pass (LoRA delta added,
+# under the gradient) and the reference pass (adapters off) rounded differently and KL at
+# step 1, policy == reference, was 1e-4 to 1e-3 instead of 0 (1.5B shape, bf16, XLA:CPU).
+# Rounding every bf16 result makes the two passes agree bit for bit (test_kl_reference.py).
+TRAIN_STEP_COMPILER_OPTIONS = {'xla_allow_excess_precision': False}
+
 
 @flax.struct.dataclass
 class TrainState:

@@ -187,7 +187,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   train_step = jax.jit(
       under(functools.partial(steps_lib.train_step, config=config, model_cfg=fwd_cfg,
                               optimizer=optimizer)),
-      out_shardings=(state_shardings, None), donate_argnums=(0,))
+      out_shardings=(state_shardings, None), donate_argnums=(0,),
+      compiler_options=steps_lib.TRAIN_STEP_COMPILER_OPTIONS)
   score = jax.jit(under(functools.partial(steps_lib.score, model_cfg=fwd_cfg,
                                           micro_batch=config.micro_batch_size,
                                           chunk_size=config.logp_chunk)))

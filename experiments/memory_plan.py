@@ -163,7 +163,8 @@ def plan(config, devices, *, what=('train', 'decode'), prompt_len=1024, decode_r
     step = jax.jit(sharding_lib.traced_under(mesh, rules, functools.partial(
         steps_lib.train_step, config=config, model_cfg=fwd_cfg, optimizer=opt)),
         in_shardings=(state_sh, batch_sh, repl, None if ref is None else param_sh),
-        out_shardings=(state_sh, None), donate_argnums=(0,))
+        out_shardings=(state_sh, None), donate_argnums=(0,),
+        compiler_options=steps_lib.TRAIN_STEP_COMPILER_OPTIONS)
     compiled = step.lower(abstract, batch, sds((), jnp.float32), ref).compile()
     out['train'] = dict(_stats(compiled), compile_s=time.time() - t0,
                         state=_shard_bytes(abstract, state_sh))

@@ -197,7 +197,8 @@ def part_train(args):
   batch = bench_train_step.make_batch(r, p, m, model_cfg.vocab_size)
   step = jax.jit(sharding_lib.traced_under(mesh, rules, functools.partial(
       steps_lib.train_step, config=config, model_cfg=model_cfg, optimizer=opt)),
-                 out_shardings=(shardings, None), donate_argnums=(0,))
+                 out_shardings=(shardings, None), donate_argnums=(0,),
+                 compiler_options=steps_lib.TRAIN_STEP_COMPILER_OPTIONS)
   t0 = time.perf_counter()
   compiled = step.lower(state, batch, jnp.float32(0.6), ref).compile()
   compile_s = time.perf_counter() - t0

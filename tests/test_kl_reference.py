@@ -63,7 +63,8 @@ def _setup(model_cfg, config, mesh, rules=sharding_lib.DEFAULT_RULES):
   state = policy_lib.fresh_state(params, opt, shardings, *args)
   step = jax.jit(sharding_lib.traced_under(mesh, rules, functools.partial(
       steps_lib.train_step, config=config, model_cfg=model_cfg, optimizer=opt)),
-                 out_shardings=(shardings, None), donate_argnums=(0,))
+                 out_shardings=(shardings, None), donate_argnums=(0,),
+                 compiler_options=steps_lib.TRAIN_STEP_COMPILER_OPTIONS)
   return state.replace(step=jnp.int32(1)), ref, step
 
 
