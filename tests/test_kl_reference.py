@@ -3,6 +3,8 @@ adapters off under LoRA (no second copy of the base), the frozen copy under a fu
 import test_util  # first: 8 CPU devices, repo on sys.path, XLA cache (before jax starts)
 
 import functools
+import json
+import os
 from unittest import mock
 
 from absl.testing import absltest
@@ -10,8 +12,10 @@ from absl.testing import parameterized
 import jax
 import jax.numpy as jnp
 import numpy as np
+import safetensors.numpy
 
 from ceeh_jax import default_config
+from ceeh_jax import hf_io
 from ceeh_jax import policy as policy_lib
 from ceeh_jax import sharding as sharding_lib
 from ceeh_jax import steps as steps_lib
@@ -150,6 +154,34 @@ class TrainerKlTest(absltest.TestCase):
     self.assertTrue(all(r is None for r in refs), refs)
     self.assertEqual(record['kl_first_minibatch'], 0.0)
     self.assertGreater(record['kl'], 0.0)  # the second minibatch follows an update
+
+  def test_first_step_kl_is_zero_from_an_hf_base_with_bf16_excess_precision_off(self):
+    """The trainer on a random HF base (D 256, F 512, V 512, 2 layers, 128-dim heads), LoRA
+    r32 in bf16, remat full, KL k3: XLA's excess bf16 precision made the policy and the
+    reference pass round differently here (KL 1.0e-6 at step 1); the train step's compiler
+    options (steps.TRAIN_STEP_COMPILER_OPTIONS) make it 0."""
+    tmp = self.create_tempdir().full_path
+    cfg = QwenConfig.r1_distill_1p5b().replace(num_layers=2, vocab_size=512, embed_dim=256,
+                                               mlp_dim=512, num_heads=2)
+    rng = np.random.default_rng(0)
+    tensors = {}
+    for name, shape in hf_io.expected_hf_shapes(cfg).items():
+      scale, shift = ((0.1, 1.0) if name.endswith('norm.weight') else
+                      (0.1, 0.0) if name.endswith('bias') else (0.02, 0.0))
+      tensors[name] = (shift + scale * rng.standard_normal(shape)).astype(np.float32)
+    os.makedirs(os.path.join(tmp, 'hf'))
+    safetensors.numpy.save_file(tensors, os.path.join(tmp, 'hf', 'model.safetensors'),
+                                metadata={'format': 'pt'})
+    with open(os.path.join(tmp, 'hf', 'config.json'), 'w') as f:
+      json.dump(cfg.to_hf(torch_dtype='float32'), f)
+    config = test_util.small_config(tmp, total_steps=1, **{
+        'model.hf_dir': os.path.join(tmp, 'hf'), 'model.lora_rank': 32,
+        'model.lora_alpha': 64.0, 'model.dtype': 'bfloat16', 'model.remat_policy': 'full',
+        'grpo.kl_coef': 0.001, 'grpo.kl_kind': 'k3', 'batch_size': 2,
+        'sampling.num_samples': 2, 'minibatch_size': 4, 'micro_batch_size': 4,
+        'data.eval_size': 0})
+    record = train_lib.train_and_evaluate(config, os.path.join(tmp, 'w'))
+    self.assertEqual(record['kl_first_minibatch'], 0.0)
 
 
 if __name__ == '__main__':
