@@ -16,8 +16,8 @@ layer's input (`model.remat_policy='full'`), a micro-batch is one 21.5k-token ro
 only an 8x H100 holds: `--config.sampling.rows_per_chunk=0` there).
 
 Variants: `--config.method=ceeh_ea` (entropy-as-advantage), `--config.model.lora_rank=0`
-(full fine-tune; use `--config.optim.lr=1e-6`; peak 13.9 GiB on 8 devices, 26.8 GiB on a
-v4-8: fits all three, v5e-8 at 87%), `--config.mesh.shape=(1,-1,1)` (pure FSDP over every device, the
+(full fine-tune; use `--config.optim.lr=1e-6`; peak 14.0 GiB on 8 devices, 26.9 GiB on a
+v4-8: fits all three, v5e-8 at 88%), `--config.mesh.shape=(1,-1,1)` (pure FSDP over every device, the
 default, on any of them).
 
 Expect (paper, AIME24/AIME25/MATH-500 at 16k-20k tokens): accuracy within ~1 point of the base

@@ -17,8 +17,8 @@ v4-8 (4 x 32 GiB) does not fit this model at these lengths: the plan's 8- and 4-
 steps alone need 26.0 and 47.9 GiB a device.
 
 The full fine-tune (`--config.model.lora_rank=0`, ~16 bytes a parameter of master weights and
-Adam moments) peaks at 42.0 GiB on 8 devices (8x H100: yes; v4-16: no, 131%) and 80.9 GiB on
-a v5p-8 (85%).
+Adam moments) peaks at 42.1 GiB on 8 devices (8x H100: yes; v4-16: no, 132%) and 81.3 GiB on
+a v5p-8 (86%).
 
 Expect (paper): similar accuracy to the base model with 30-40% fewer tokens on AIME/MATH-500.
 """
