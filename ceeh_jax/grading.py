@@ -163,8 +163,9 @@ def _verify_soft(extracted: str, reference: str, timeout_s: float | None) -> tup
   old = signal.signal(signal.SIGALRM, _raise_soft_timeout) if use_alarm else None
   try:
     try:
-      if use_alarm:
-        signal.setitimer(signal.ITIMER_REAL, timeout_s)
+      if use_alarm:  # re-fires every 0.1 s until cancelled: an exception raised inside a
+        # callback Python ignores (a gc callback, a __del__) is swallowed; the next one lands
+        signal.setitimer(signal.ITIMER_REAL, timeout_s, 0.1)
       return _verify(extracted, reference), 'ok'
     finally:
       if use_alarm:

@@ -5,6 +5,7 @@ import os
 import re
 import signal
 import time
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -273,6 +274,24 @@ class HostileOutputsTest(parameterized.TestCase):
     self.assertEqual(grading.grade(HOSTILE['no box'], '42').status, 'no_box')
     self.assertEqual(grading.grade(HOSTILE['tower of powers'], '42', timeout_s=1.0).status,
                      'timeout')
+
+  def test_soft_timeout_fires_again_after_a_swallowed_alarm(self):
+    # An alarm that lands in a callback Python ignores exceptions from (a gc callback) is
+    # lost; the deadline must re-fire rather than let the grade run unbounded.
+    def swallow_first_alarm(extracted, reference):
+      del extracted, reference
+      try:
+        time.sleep(5)
+      except grading._SoftTimeout:  # pylint: disable=protected-access
+        pass  # swallowed, as Python does inside a gc callback
+      time.sleep(5)
+      return True
+
+    with mock.patch.object(grading, '_verify', swallow_first_alarm):
+      t0 = time.perf_counter()
+      out = grading.grade('\\boxed{1}', '1', timeout_s=0.2)
+    self.assertEqual(out.status, 'timeout')
+    self.assertLess(time.perf_counter() - t0, 3.0)
 
 
 if __name__ == '__main__':

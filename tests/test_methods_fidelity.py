@@ -30,13 +30,7 @@ def _config(method, **kw):
   c = default_config.get_config()
   c.method = method
   c.total_steps = 10
-  for k, v in kw.items():
-    node = c
-    *parents, leaf = k.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
-  return c
+  return test_util.override(c, **kw)
 
 
 def _state(method, num_questions=4, step=0):

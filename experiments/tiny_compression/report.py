@@ -26,9 +26,11 @@ def load_run(workdir: str):
   read = lambda name: json.load(open(os.path.join(workdir, name)))
   records = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
   base, final = read('base_eval.json'), read('final_eval.json')
-  # The periodic evals, with the base at step 0 and the final eval at the last step.
-  curve = ([(0, base)] + [(r['step'], r) for r in records if 'eval/acc' in r]
-           + [(records[-1]['step'], final)])
+  # The periodic evals, with the base at step 0 and the final eval at the last step (logged
+  # with that step since the trainer's last eval is the final one; appended for older runs).
+  curve = [(0, base)] + [(r['step'], r) for r in records if 'eval/acc' in r]
+  if 'eval/acc' not in records[-1]:
+    curve.append((records[-1]['step'], final))
   wall = read('wall_time.json')['seconds'] if os.path.exists(
       os.path.join(workdir, 'wall_time.json')) else float('nan')
   return {'base': base, 'final': final, 'curve': curve, 'wall': wall,
