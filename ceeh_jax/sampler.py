@@ -26,7 +26,6 @@ import math
 from typing import Sequence
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np

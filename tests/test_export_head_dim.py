@@ -6,7 +6,6 @@ import json
 
 from absl.testing import absltest
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ceeh_jax import hf_io
