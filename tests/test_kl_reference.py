@@ -74,13 +74,19 @@ def _setup(model_cfg, config, mesh, rules=sharding_lib.DEFAULT_RULES):
 
 class KlAtStepOneTest(parameterized.TestCase):
 
-  @parameterized.named_parameters(
-      ('lora_bf16_remat_k2', 4, 'bfloat16', 'dots_no_batch', 'k2'),
-      ('lora_f32_k3', 4, 'float32', 'none', 'k3'),
-      ('full_bf16_k2', 0, 'bfloat16', 'full', 'k2'),
-  )
+  @parameterized.named_parameters(('lora_bf16_remat_k2', 4, 'bfloat16', 'dots_no_batch', 'k2'))
   def test_kl_is_exactly_zero_at_step_1_then_positive(self, lora, dtype, remat, kind):
     """k2 = ½(logp − ref)²: any bit of difference between the two passes shows up."""
+    self._assert_kl_zero_then_positive(lora, dtype, remat, kind)
+
+  @parameterized.named_parameters(('lora_f32_k3', 4, 'float32', 'none', 'k3'),
+                                  ('full_bf16_k2', 0, 'bfloat16', 'full', 'k2'))
+  @test_util.slow
+  def test_kl_is_exactly_zero_at_step_1_then_positive_other_setups(self, lora, dtype, remat,
+                                                                   kind):
+    self._assert_kl_zero_then_positive(lora, dtype, remat, kind)
+
+  def _assert_kl_zero_then_positive(self, lora, dtype, remat, kind):
     config = _config(kind, **{'model.lora_rank': lora, 'model.dtype': dtype})
     model_cfg = policy_lib.model_config(config).replace(num_layers=2, remat_policy=remat)
     mesh = sharding_lib.make_mesh((1, 4, 2))  # sharded as on a pod slice

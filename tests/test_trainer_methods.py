@@ -84,6 +84,7 @@ class TrainerMethodsTest(absltest.TestCase):
     self.assertLen(drawn, 2)
     self.assertNotIn('dynamic/draws', metric_writers.read_metrics(str(tmp_path / 'w'))[0])
 
+  @test_util.slow
   def test_thinkprune_stage_limits_cap_the_sampler(self):
     tmp_path = pathlib.Path(self.create_tempdir())
     # Limits 6 then 4 tokens from step 1 (max_new_tokens is 12): the sampler is asked for no

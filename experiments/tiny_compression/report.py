@@ -174,7 +174,8 @@ def write(out: str, names, out_dir: str, command: str, steps: int) -> str:
           f'{claims_table(groups)}\n\n'
           '## Final evaluation with the std over seeds\n\n'
           f'{main_table(groups, std=True)}\n\n'
-          'seconds per run: ' + json.dumps({k: [round(w) for w in v] for k, v in walls.items()})
+          'seconds per run: ' + json.dumps({k: [round(w) if np.isfinite(w) else None for w in v]
+                                              for k, v in walls.items()})
           + '\n')
   with open(os.path.join(out_dir, 'results.md'), 'w') as f:
     f.write(text)
