@@ -25,20 +25,8 @@ from ceeh_jax.models.config import QwenConfig
 R, P, M, Q = 8, 16, 12, 6
 
 
-def _batch(seed=0, vocab=257):
-  rng = np.random.default_rng(seed)
-  prompt_mask = np.zeros((R, P), bool)
-  for i in range(R):
-    prompt_mask[i, P - rng.integers(3, P):] = True
-  mask = np.arange(M)[None] < rng.integers(2, M + 1, R)[:, None]
-  return steps_lib.Batch(
-      prompt=jnp.asarray(rng.integers(0, vocab, (R, P)) * prompt_mask, jnp.int32),
-      prompt_mask=jnp.asarray(prompt_mask),
-      completion=jnp.asarray(rng.integers(1, vocab, (R, M)) * mask, jnp.int32),
-      mask=jnp.asarray(mask),
-      old_logp=jnp.asarray(-rng.uniform(3, 7, (R, M)) * mask, jnp.float32),
-      advantages=jnp.asarray(rng.normal(size=R), jnp.float32),
-      hard=jnp.asarray(rng.integers(0, 2, R), jnp.float32))
+def _batch(seed=0):
+  return test_util.random_batch(R, P, M, seed)
 
 
 def _config(kind='k2', **kw):

@@ -19,21 +19,8 @@ R, P, M, Q = 8, 16, 12, 6
 approx = test_util.assert_approx
 
 
-def _batch(seed=0, vocab=257):
-  rng = np.random.default_rng(seed)
-  prompt_mask = np.zeros((R, P), bool)
-  for i in range(R):
-    prompt_mask[i, P - rng.integers(3, P):] = True
-  lengths = rng.integers(2, M + 1, R)
-  mask = np.arange(M)[None] < lengths[:, None]
-  return steps_lib.Batch(
-      prompt=jnp.asarray(rng.integers(0, vocab, (R, P)) * prompt_mask, jnp.int32),
-      prompt_mask=jnp.asarray(prompt_mask),
-      completion=jnp.asarray(rng.integers(1, vocab, (R, M)) * mask, jnp.int32),
-      mask=jnp.asarray(mask),
-      old_logp=jnp.asarray(-rng.uniform(3, 7, (R, M)) * mask, jnp.float32),
-      advantages=jnp.asarray(rng.normal(size=R), jnp.float32),
-      hard=jnp.asarray(rng.integers(0, 2, R), jnp.float32))
+def _batch(seed=0):
+  return test_util.random_batch(R, P, M, seed)
 
 
 def _config(**kw):
@@ -77,9 +64,11 @@ class MinibatchLossTest(parameterized.TestCase):
     approx(float(l0), float(l1), rel=1e-5, abs=1e-7)
     for k in a0:
       approx(float(a0[k]), float(a1[k]), rel=1e-5, abs=1e-6, msg=k)
+    # float32 sums in another order (scan vs unrolled layers): differences up to ~1e-5 of the
+    # largest gradient entry (1.1e-5 seen on one of 128 entries); a wrong path is O(scale).
     scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(g0))
     for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
-      np.testing.assert_allclose(a, b, atol=1e-5 * scale)
+      np.testing.assert_allclose(a, b, atol=3e-5 * scale)
 
   @parameterized.named_parameters(('full', 0), ('lora4', 4))
   def test_unrolled_training_forward_equals_scanned(self, lora):
@@ -102,9 +91,11 @@ class MinibatchLossTest(parameterized.TestCase):
       approx(float(a0[k]), float(a1[k]), rel=1e-5, abs=1e-6, msg=k)
     self.assertEqual(jax.tree.structure(g0), jax.tree.structure(g1))
     self.assertEqual(jax.tree.structure(g1), jax.tree.structure(train))
+    # float32 sums in another order (scan vs unrolled layers): differences up to ~1e-5 of the
+    # largest gradient entry (1.1e-5 seen on one of 128 entries); a wrong path is O(scale).
     scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(g0))
     for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
-      np.testing.assert_allclose(a, b, atol=1e-5 * scale)
+      np.testing.assert_allclose(a, b, atol=3e-5 * scale)
 
   def test_grad_matches_finite_differences(self):
     model_cfg = QwenConfig.tiny(num_layers=2)

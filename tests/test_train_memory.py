@@ -28,18 +28,8 @@ R, PL, M = 8, 16, 16  # rows, prompt bucket, completion: T = 32 splits over 8 de
 POLICIES = ('full', 'save_qkv_proj', 'save_dot_except_mlp', 'save_dots')
 
 
-def _batch(seed=0, vocab=257):
-  rng = np.random.default_rng(seed)
-  prompt_mask = np.arange(PL)[None] >= rng.integers(0, PL - 2, R)[:, None]   # left padding
-  mask = np.arange(M)[None] < rng.integers(2, M + 1, R)[:, None]             # right padding
-  return steps_lib.Batch(
-      prompt=jnp.asarray(rng.integers(1, vocab, (R, PL)) * prompt_mask, jnp.int32),
-      prompt_mask=jnp.asarray(prompt_mask),
-      completion=jnp.asarray(rng.integers(1, vocab, (R, M)) * mask, jnp.int32),
-      mask=jnp.asarray(mask),
-      old_logp=jnp.asarray(-rng.uniform(3, 7, (R, M)) * mask, jnp.float32),
-      advantages=jnp.asarray(rng.normal(size=R), jnp.float32),
-      hard=jnp.asarray(rng.integers(0, 2, R), jnp.float32))
+def _batch(seed=0):
+  return test_util.random_batch(R, PL, M, seed)
 
 
 def _config(micro):

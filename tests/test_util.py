@@ -177,6 +177,24 @@ def tiny_hf_dir(path, *, tied=False, dtype='float32', shard_size=None):
 
 
 # pylint: disable-next=redefined-builtin  (`rel` and `abs` as pytest.approx names them)
+def random_batch(rows, prompt_len, completion_len, seed=0, vocab=257):
+  """A random steps.Batch: left-padded prompts (at least 3 real tokens), right-padded
+  completions (at least 2), old log-probs, advantages and hard flags; ids in [1, vocab)."""
+  from ceeh_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  prompt_mask = (np.arange(prompt_len)[None]
+                 >= rng.integers(0, prompt_len - 2, rows)[:, None])          # left padding
+  mask = np.arange(completion_len)[None] < rng.integers(2, completion_len + 1, rows)[:, None]
+  return steps_lib.Batch(
+      prompt=jnp.asarray(rng.integers(1, vocab, (rows, prompt_len)) * prompt_mask, jnp.int32),
+      prompt_mask=jnp.asarray(prompt_mask),
+      completion=jnp.asarray(rng.integers(1, vocab, (rows, completion_len)) * mask, jnp.int32),
+      mask=jnp.asarray(mask),
+      old_logp=jnp.asarray(-rng.uniform(3, 7, (rows, completion_len)) * mask, jnp.float32),
+      advantages=jnp.asarray(rng.normal(size=rows), jnp.float32),
+      hard=jnp.asarray(rng.integers(0, 2, rows), jnp.float32))
+
+
 def assert_approx(actual, expected, *, rel=None, abs=None, nan_ok=False, msg=''):
   """What `actual == pytest.approx(expected, rel=, abs=)` checks, elementwise: equal, or
   |actual - expected| <= max(rel * |expected|, abs); rel is 1e-6 unless only abs is given,
