@@ -135,14 +135,17 @@ class EndToEndTest(absltest.TestCase):
     self.assertTrue(all(np.isfinite(r['loss']) and np.isfinite(r['grad_norm']) for r in recs))
 
   def test_collapsed_final_accuracy_is_a_failure_with_exit_1(self):
-    """The default job's shipped base policy (ACC 0.66 on these 32 questions) trained with
+    """The default job's shipped base policy (ACC ~0.63 on these 32 questions) trained with
     lr = 1: the params stay finite but the policy breaks (ACC 0, every answer runs to the
     token limit); the run ends with exit 1 and one line, after writing its report."""
     work = os.path.join(self.tmp, 'w')
     proc = self.main(work, '--config.total_steps=2', '--config.optim.lr=1.0',
                      '--config.data.eval_size=32', '--config.eval_every=0',
                      '--config.progress=False', config=os.path.join(REPO, 'configs', 'tiny.py'))
-    self.assert_one_line_error(proc, 1, 'final eval accuracy collapsed to 0 from 0.656')
+    with open(os.path.join(work, 'base_eval.json')) as f:
+      base_acc = json.load(f)['eval/acc']
+    self.assertGreater(base_acc, 0.3)
+    self.assert_one_line_error(proc, 1, f'final eval accuracy collapsed to 0 from {base_acc:.3f}')
     with open(os.path.join(work, 'final_eval.json')) as f:
       self.assertEqual(json.load(f)['eval/acc'], 0.0)
     self.assertTrue(os.path.exists(os.path.join(work, 'report.md')))
