@@ -2,7 +2,7 @@ r"""The recipe on one TPU or GPU, checked in under 8 minutes (run through device
 
   scripts/device_check.sh                   # on the device: writes runs/device_check/
   scripts/device_check.sh --dry_run         # tiny shapes on any backend (the CPU slow tier)
-  scripts/device_check.sh --out=/tmp/dc     # elsewhere
+  scripts/device_check.sh --out=runs/dc     # elsewhere
 
 Each part runs in its own process (its peak device memory is its own) under a time limit:
   env      backend, devices, jax version.

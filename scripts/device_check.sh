@@ -6,7 +6,7 @@
 #
 #   scripts/device_check.sh                  # on the device (writes runs/device_check/)
 #   scripts/device_check.sh --dry_run        # tiny shapes, any backend (CPU: the slow tier)
-#   scripts/device_check.sh --out=/tmp/dc
+#   scripts/device_check.sh --out=runs/dc
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec "${PYTHON:-python}" scripts/device_check.py "$@"

@@ -1,6 +1,6 @@
 r"""Writes a random-weight HF Qwen2 directory of a preset's shape, one tensor at a time.
 
-  python experiments/lean_lora/make_random_hf.py --preset=r1_distill_1p5b --out=/tmp/r1_random
+  python experiments/lean_lora/make_random_hf.py --preset=r1_distill_1p5b --out=runs/r1_random
 
 The tensors are those `hf_io.expected_hf_shapes` names (what `hf_io.load_hf` and transformers
 read), fp32 by default: N(0, 0.02) weights, norms ~1, small biases. The host holds one

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Peak host RSS of the r1_1p5b recipe (LoRA r32) at the real 1.5B shape on CPU: first start
 # (2 steps) and resume (1 more step), each under /usr/bin/time -v. See README.md.
-#   experiments/lean_lora/rss_1p5b.sh /tmp/r1_random /tmp/r1_rss_work [--config.x=y ...]
+#   experiments/lean_lora/rss_1p5b.sh runs/r1_random runs/r1_rss_work [--config.x=y ...]
 # Writes $WORK.first.time and $WORK.resume.time; prints their peak RSS and wall time.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-HF=${1:-/tmp/r1_random}
-WORK=${2:-/tmp/r1_rss_work}
+HF=${1:-runs/r1_random}
+WORK=${2:-runs/r1_rss_work}
 shift 2 || true
 TOK=${TOKENIZER_DIR:-ceeh_jax/r1_tokenizer}  # the vendored R1 tokenizer
 run() {

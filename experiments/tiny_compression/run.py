@@ -144,7 +144,12 @@ def main():
               f'{"reused" if not wall else f"done in {wall:.0f}s"} ({done}/{len(names)})',
               flush=True)
   import report  # pylint: disable=g-import-not-at-top
-  command = 'python experiments/tiny_compression/run.py ' + ' '.join(sys.argv[1:])
+  # The command as run, with the runs folder written relative to the repository (or as a
+  # placeholder outside it): no machine's paths in the committed results.
+  out_rel = os.path.relpath(os.path.abspath(args.out), REPO)
+  out_txt = out_rel if not out_rel.startswith('..') else '<runs dir>'
+  command = 'python experiments/tiny_compression/run.py ' + ' '.join(
+      f'--out={out_txt}' if a.startswith('--out=') else a for a in sys.argv[1:])
   print(report.write(args.out, names, HERE, command=command.strip(), steps=args.steps))
 
 
