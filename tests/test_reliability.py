@@ -11,6 +11,7 @@ import sys
 import time
 
 from absl.testing import absltest
+import numpy as np
 
 from ceeh_jax import data as data_lib
 from ceeh_jax import fingerprint as fingerprint_lib
@@ -32,27 +33,81 @@ def get_config():
 
 
 def _launch(config_path, workdir):
+  """Starts a run; its stderr goes to `<workdir>.stderr` (a pipe nobody reads could fill up)."""
   env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
-  return subprocess.Popen([sys.executable, '-m', 'ceeh_jax.main', f'--config={config_path}',
-                           f'--workdir={workdir}'], cwd=REPO, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  with open(f'{workdir}.stderr', 'w') as stderr:
+    return subprocess.Popen([sys.executable, '-m', 'ceeh_jax.main', f'--config={config_path}',
+                             f'--workdir={workdir}'], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=stderr)
+
+
+def _finish(proc, workdir):
+  """Waits for a run; (exit code, the end of its stderr)."""
+  rc = proc.wait(timeout=900)
+  return rc, pathlib.Path(f'{workdir}.stderr').read_text()[-3000:]
+
+
+def _logged_step(workdir) -> int:
+  """The newest step in the metrics log (0 if none); a line still being written is ignored."""
+  try:
+    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+      lines = f.readlines()
+  except FileNotFoundError:
+    return 0
+  step = 0
+  for line in lines:
+    try:
+      step = max(step, json.loads(line)['step'])
+    except (ValueError, KeyError):
+      pass
+  return step
+
+
+def _checkpointed_step(workdir) -> int:
+  """The newest finished checkpoint (orbax renames a checkpoint to its step when complete)."""
+  steps = [int(p.name) for p in pathlib.Path(workdir, 'checkpoints').glob('*') if p.name.isdigit()]
+  return max(steps, default=0)
+
+
+def _wait_for_step(proc, workdir, step, limit=None):
+  """Waits until `step` is logged, the process exits or `limit` seconds pass; the seconds waited."""
+  t0 = time.monotonic()
+  while proc.poll() is None and _logged_step(workdir) < step:
+    waited = time.monotonic() - t0
+    if limit is not None and waited >= limit:
+      break
+    if waited > 900:
+      raise TimeoutError(f'step {step} not logged in 900 s')
+    time.sleep(0.02)
+  return time.monotonic() - t0
 
 
 class KillResumeTest(absltest.TestCase):
 
   @test_util.slow
   def test_sigkill_anywhere_then_resume_equals_uninterrupted(self):
-    """SIGKILL the trainer at 5 random moments (sampling, grading, update, checkpoint writes);
-    each restart resumes; the final state is bitwise the uninterrupted one, the log has each
-    step once."""
+    """SIGKILL the trainer at 5 random moments (start-up, sampling, grading, update, checkpoint
+    writes); each restart resumes; the final state is bitwise the uninterrupted one, the log has
+    each step once.
+
+    The moments are drawn against the run's own progress, not the clock (a fast machine finishes
+    the whole run in seconds): either during start-up and the first step, or during the step
+    after the first one a restart logs, and never later than the log line of the step after
+    that. So a restart gains at most a step before its kill and all five kills land, however
+    fast or slow the machine is.
+    """
     tmp_path = pathlib.Path(self.create_tempdir())
     config_path = tmp_path / 'kill_config.py'
     config_path.write_text(CONFIG_FILE.format(tests=str(test_util.TESTS), tmp=str(tmp_path),
                                               steps=STEPS))
     ref_dir = tmp_path / 'ref'
     proc = _launch(config_path, ref_dir)
-    self.assertEqual(proc.wait(timeout=900), 0, proc.stderr.read()[-3000:])
+    logged_at = [_wait_for_step(proc, ref_dir, s) for s in range(1, STEPS + 1)]
+    rc, stderr = _finish(proc, ref_dir)
+    self.assertEqual(rc, 0, stderr)
     ref = fingerprint_lib.fingerprint(str(ref_dir))
+    first_step_s = logged_at[0]                   # start-up + compile + step 1
+    step_s = float(np.median(logged_at[1:]))      # one later step, its checkpoint included
 
     work = tmp_path / 'killed'
     rng = random.Random(0)
@@ -60,17 +115,22 @@ class KillResumeTest(absltest.TestCase):
     for _ in range(40):
       proc = _launch(config_path, work)
       if kills < 5:
-        # Let it get past start-up into the loop, then kill at a random moment.
-        time.sleep(rng.uniform(4.0, 14.0))
+        first = _checkpointed_step(work) + 1  # the first step this restart runs
+        if rng.random() < 0.4:  # start-up, restore, compile or the first step
+          _wait_for_step(proc, work, first, limit=rng.uniform(0.1, 0.9) * first_step_s)
+        else:                   # the next step: sampling, grading, update or checkpoint write
+          _wait_for_step(proc, work, first)
+          _wait_for_step(proc, work, first + 1, limit=rng.uniform(0.0, 1.0) * step_s)
         if proc.poll() is None:
           proc.send_signal(signal.SIGKILL)
           proc.wait()
           kills += 1
           continue
-      self.assertEqual(proc.wait(timeout=900), 0, proc.stderr.read()[-3000:])
+      rc, stderr = _finish(proc, work)
+      self.assertEqual(rc, 0, stderr)
       if fingerprint_lib.fingerprint(str(work))['step'] == STEPS:
         break
-    self.assertGreaterEqual(kills, 3)
+    self.assertEqual(kills, 5)
     got = fingerprint_lib.fingerprint(str(work))
     self.assertEqual(got['step'], STEPS)
     self.assertEqual(got['parts'], ref['parts'])
