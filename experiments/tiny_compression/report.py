@@ -61,7 +61,8 @@ def cell(values, fmt='.3f', std=False):
     return 'n/a'
   if n == 1:
     return f'{m:{fmt}}'
-  return f'{m:{fmt}} ± {se:{fmt}}' + (f' (sd {sd:{fmt}})' if std else '')
+  spread = fmt.lstrip('+')  # a sign on the mean (a change), never on its error
+  return f'{m:{fmt}} ± {se:{spread}}' + (f' (sd {sd:{spread}})' if std else '')
 
 
 def change(run, key, relative=False):
