@@ -2,7 +2,8 @@
 
 Every number is a mean over seeds ± its standard error (std / sqrt(n), n seeds), with the std
 beside it in the full table. Each run's eval set is generated from its seed, so differences
-are taken per run (final − that run's base) before averaging.
+are taken per run (final − that run's base) before averaging; comparisons between two
+configurations (claim (b)) are taken seed by seed, on the same eval set, before averaging.
 """
 import json
 import os
@@ -43,7 +44,9 @@ def group_runs(out: str, names):
   for name in names:
     run = load_run(os.path.join(out, name))
     if run is not None:
-      groups.setdefault(re.sub(r'_s\d+$', '', name), []).append(run)
+      label, seed = re.fullmatch(r'(.*?)(?:_s(\d+))?', name).groups()
+      run['seed'] = int(seed) if seed is not None else 0
+      groups.setdefault(label, []).append(run)
   return groups
 
 
@@ -100,6 +103,39 @@ def claims_table(groups) -> str:
         f'{cell([change(r, "eval/hard/pass@k") for r in runs], "+.3f")} | '
         f'{cell([change(r, "eval/easy/entropy", True) for r in runs], "+.0f")}% | '
         f'{cell([change(r, "eval/hard/entropy", True) for r in runs], "+.0f")}% |')
+  return '\n'.join(rows)
+
+
+# Claim (b)'s comparisons, (run, reference): CEEH against the length penalty at (near-)matched
+# compression, the 10x entropy coefficient against the paper's, CEEH against GRPO and HAPO.
+PAIRS = (('ceeh_me', 'length_penalty_w0.3'), ('ceeh_me', 'length_penalty_w0.1'),
+         ('ceeh_ea', 'length_penalty_w0.3'), ('ceeh_ea', 'length_penalty_w0.1'),
+         ('ceeh_me_ent0.01', 'ceeh_me'), ('ceeh_me', 'grpo'), ('ceeh_me', 'hapo'))
+# (eval key, name, relative change?, format)
+PAIRED = (('eval/easy/length', 'easy LEN', True, '+.1f'),
+          ('eval/easy/acc', 'easy ACC', False, '+.3f'),
+          ('eval/hard/length', 'hard LEN', True, '+.1f'),
+          ('eval/hard/acc', 'hard ACC', False, '+.3f'),
+          ('eval/hard/pass@k', 'hard pass@4', False, '+.3f'),
+          ('eval/hard/entropy', 'H hard', True, '+.0f'))
+
+
+def paired_table(groups, pairs=PAIRS) -> str:
+  """Run minus reference, seed by seed (a seed's runs share one eval set and one base), of the
+  changes from base: mean ± standard error of the per-seed differences. Relative changes
+  differ in percentage points."""
+  names = ' | '.join(f'Δ {name} change' for _, name, _, _ in PAIRED)
+  rows = [f'| run − reference | seeds | {names} |', '|' + ' --- |' * 2 + ' ---: |' * len(PAIRED)]
+  for a, b in pairs:
+    by_seed = {r['seed']: r for r in groups.get(b, [])}
+    both = [(r, by_seed[r['seed']]) for r in groups.get(a, []) if r['seed'] in by_seed]
+    if not both:
+      continue
+    cells = []
+    for key, _, rel, fmt in PAIRED:
+      diffs = [change(r, key, rel) - change(q, key, rel) for r, q in both]
+      cells.append(cell(diffs, fmt) + (' pp' if rel else ''))
+    rows.append(f'| {a} − {b} | {len(both)} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(rows)
 
 
@@ -173,6 +209,8 @@ def write(out: str, names, out_dir: str, command: str, steps: int) -> str:
           f'{main_table(groups)}\n\n'
           '## Changes from each run\'s own base (mean ± standard error over seeds)\n\n'
           f'{claims_table(groups)}\n\n'
+          '## Paired comparisons for claim (b) (per-seed differences, mean ± standard error)\n\n'
+          f'{paired_table(groups)}\n\n'
           '## Final evaluation with the std over seeds\n\n'
           f'{main_table(groups, std=True)}\n\n'
           'seconds per run: ' + json.dumps({k: [round(w) if np.isfinite(w) else None for w in v]
