@@ -156,7 +156,11 @@ def plots(groups, out_dir: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  colors = dict(zip(groups, (plt.rcParams['axes.prop_cycle'].by_key()['color'] * 3)))
+  # One colour per configuration (tab20's dark shades first, then its light ones); the one-knob
+  # variants (λ, weight, entropy coefficient) as triangles.
+  tab20 = plt.get_cmap('tab20')
+  colors = {label: tab20((2 * i + (i // 10) % 2) % 20) for i, label in enumerate(groups)}
+  markers = {label: '^' if re.search(r'_(lam|w|ent)[\d.]+$', label) else 'o' for label in groups}
   # (b) Length vs hard pass@4 and vs hard entropy, every run a point, base as crosses.
   fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
   panels = (('eval/length', 'eval/hard/pass@k', 'hard pass@4'),
@@ -165,7 +169,7 @@ def plots(groups, out_dir: str) -> None:
   for ax, (xk, yk, name) in zip(axes, panels):
     for label, runs in groups.items():
       ax.scatter([r['final'][xk] for r in runs], [r['final'][yk] for r in runs], label=label,
-                 color=colors[label], s=22)
+                 color=colors[label], marker=markers[label], s=24)
     bases = [r['base'] for runs in groups.values() for r in runs]
     ax.scatter([b[xk] for b in bases], [b[yk] for b in bases], marker='x', c='k', label='base')
     ax.set_xlabel('mean response tokens' + (' (easy)' if 'easy' in xk else ' (all)'))
