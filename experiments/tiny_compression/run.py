@@ -11,7 +11,7 @@ learning rate for every method (3e-5, 10 warm-up steps), on 512 training questio
 end on 512 held-out questions x 4 samples. The grid (`GRID`): base (the shared starting
 policy, evaluated in every run), GRPO, the Kimi length penalty, CEEH-ME and CEEH-EA at λ 1.0,
 HAPO, EGRC and DLER, 3 seeds each; CEEH-ME at λ 0.1 (the paper's) and 0.3 and with a 10x
-entropy coefficient, one seed each.
+entropy coefficient, and the length penalty at weights 0.1 and 0.3, one seed each.
 
 The runner keeps going where it stopped: a run with `final_eval.json` is reused, a run that was
 interrupted resumes from its last checkpoint (the trainer's own resume), `--jobs` runs at a
@@ -45,6 +45,10 @@ def _grid():
       for lam in (0.1, 0.3):
         grid[f'ceeh_me_lam{lam}_s{seed}'] = ('ceeh_me', seed, {'ceeh.length_lambda': lam})
       grid[f'ceeh_me_ent0.01_s{seed}'] = ('ceeh_me', seed, {'ceeh.entropy_coef': 0.01})
+  # Weaker length penalties (one seed), for claim (b) at matched compression: at weight 1 the
+  # Kimi penalty shortens far more than CEEH does.
+  for w in (0.1, 0.3):
+    grid[f'length_penalty_w{w}_s0'] = ('length_penalty', 0, {'method_hparams': {'weight': w}})
   return grid
 
 
